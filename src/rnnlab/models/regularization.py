@@ -1,0 +1,37 @@
+"""Regularisers for recurrent language models, each a small piece that composes with a model."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LockedDropout(nn.Module):
+    """Dropout with one mask per sequence, shared by every time step (Gal & Ghahramani, 2016).
+
+    Dropping the same units at every step regularises a recurrent model without destroying the
+    signal it carries through time; awd-lstm-lm applies it to embeddings and outputs.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, C)
+        if not self.training or self.p == 0:
+            return x
+        mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - self.p) / (1 - self.p)
+        return x * mask
+
+
+def embedding_dropout(embedding: nn.Embedding, tokens: torch.Tensor, p: float) -> torch.Tensor:
+    """Look up ``tokens`` with whole rows of the table dropped (Gal & Ghahramani, 2016).
+
+    Every occurrence of a dropped word type in the batch is zeroed, so the model cannot rely on
+    any single word; the remaining rows are scaled by 1 / (1 - p).
+    """
+    if p == 0:
+        return embedding(tokens)
+    weight = embedding.weight
+    keep = weight.new_empty(weight.shape[0], 1).bernoulli_(1 - p) / (1 - p)
+    return nn.functional.embedding(tokens, weight * keep, embedding.padding_idx)

@@ -1,0 +1,44 @@
+"""The contract between the Trainer and a task (language modelling, classification).
+
+The Trainer owns optimisation, budgets, evaluation cadence, checkpoints and logging; a task owns
+its data, its model and how a batch becomes a loss. Keeping the two apart means resume, signal
+handling and NaN guards are written once for every task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+
+class Task(Protocol):
+    model: nn.Module
+    #: the metric that picks the best checkpoint, e.g. "loss" (lower is better) or "accuracy"
+    best_metric: str
+    higher_is_better: bool
+    #: what one item of a batch is called in logs: "tokens" or "examples"
+    unit: str
+
+    def steps_per_epoch(self) -> int:
+        """Number of optimisation steps in one pass over the training data."""
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[Any]:
+        """The training batches of ``epoch`` from index ``start`` on.
+
+        Must be a pure function of (seed, epoch): resuming at ``start`` yields exactly the
+        batches that an uninterrupted run would have seen.
+        """
+
+    def train_loss(self, batch: Any) -> tuple[torch.Tensor, int]:
+        """Mean loss of one batch (with the graph attached) and the number of items in it."""
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Metrics on a split (``loss`` always; e.g. ``ppl``, ``accuracy``)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Task state that a resume must restore (e.g. a carried hidden state)."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
