@@ -28,6 +28,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "plateau", "cosine")
 INPUTS = ("embedding", "onehot")
 POOLINGS = ("last", "mean", "max", "concat")
+OUTPUTS = ("softmax", "adaptive")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -43,6 +44,8 @@ class ModelConfig:
     embedding_dropout: float = 0.0  # drops whole word types (Gal & Ghahramani, 2016)
     tie_weights: bool = True  # share input and output embeddings (Press & Wolf, 2017)
     input: str = "embedding"  # "onehot" is the classic char-rnn input
+    output: str = "softmax"  # or "adaptive": cheaper softmax over frequency clusters (Grave 2017)
+    cutoffs: list[int] = field(default_factory=lambda: [2000])  # adaptive: cluster boundaries
     bidirectional: bool = False  # classifier only
     pooling: str = "last"  # classifier only: last | mean | max | concat
 
@@ -50,6 +53,13 @@ class ModelConfig:
         _choice("model.cell", self.cell, CELLS)
         _choice("model.input", self.input, INPUTS)
         _choice("model.pooling", self.pooling, POOLINGS)
+        _choice("model.output", self.output, OUTPUTS)
+        if self.output == "adaptive" and self.tie_weights:
+            raise RnnlabError("model.output = 'adaptive' cannot tie weights; set tie_weights=false")
+        if self.input == "onehot" and self.tie_weights:
+            raise RnnlabError("model.input = 'onehot' cannot tie weights; set tie_weights=false")
+        if any(c <= 0 for c in self.cutoffs) or self.cutoffs != sorted(set(self.cutoffs)):
+            raise RnnlabError(f"model.cutoffs must be increasing positive ids, got {self.cutoffs}")
         _positive("model.embedding_dim", self.embedding_dim)
         _positive("model.hidden_size", self.hidden_size)
         _positive("model.num_layers", self.num_layers)
@@ -75,6 +85,7 @@ class DataConfig:
     bptt: int = 35
     variable_bptt: bool = False  # random window lengths around bptt (Merity et al., 2017)
     eval_batch_size: int = 10
+    synthetic_tokens: int = 600_000  # training tokens of the built-in synthetic corpus
     # classification
     text_field: str = "text"
     label_field: str = "label"
@@ -83,10 +94,13 @@ class DataConfig:
 
     def validate(self) -> None:
         _choice("data.level", self.level, LEVELS)
-        for name in ("batch_size", "bptt", "eval_batch_size", "min_freq", "max_length"):
+        for name in ("batch_size", "bptt", "eval_batch_size", "min_freq", "max_length",
+                     "synthetic_tokens"):
             _positive(f"data.{name}", getattr(self, name))
         if self.max_vocab < 0:
-            raise RnnlabError(f"data.max_vocab must be >= 0 (0 means no limit), got {self.max_vocab}")
+            raise RnnlabError(
+                f"data.max_vocab must be >= 0 (0 means no limit), got {self.max_vocab}"
+            )
         if len(self.split) not in (2, 3) or any(f < 0 for f in self.split):
             raise RnnlabError(f"data.split must be 2 or 3 non-negative fractions, got {self.split}")
         if abs(sum(self.split) - 1.0) > 1e-6 or self.split[0] <= 0 or self.split[1] <= 0:
@@ -168,20 +182,25 @@ class RunConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], *, source: str = "config") -> RunConfig:
         """Build a config from a (possibly partial) nested dict, checking keys and types."""
-        raw = dict(raw)
-        version = raw.pop("format_version", FORMAT_VERSION)
-        if version != FORMAT_VERSION:
-            raise RnnlabError(
-                f"{source}: config format version {version} is not supported "
-                f"(this rnnlab reads version {FORMAT_VERSION})"
-            )
-        raw.pop("description", None)
         config = cls()
-        apply_overrides(config, _flatten(raw), source=source)
+        apply_overrides(config, _flatten(_strip_header(raw, source)), source=source)
         return config
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def _strip_header(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """A copy of ``raw`` without ``format_version`` (checked) and ``description`` (free text)."""
+    raw = dict(raw)
+    version = raw.pop("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise RnnlabError(
+            f"{source}: config format version {version} is not supported "
+            f"(this rnnlab reads version {FORMAT_VERSION})"
+        )
+    raw.pop("description", None)
+    return raw
 
 
 def _flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -332,20 +351,29 @@ def resolve_config(
     """
     layers: list[tuple[str, dict[str, Any]]] = []
     if config_file is not None:
-        file_values = read_toml(config_file)
-        preset = preset or file_values.pop("preset", None)
+        # A config file has the same form as a preset (it may be a copy of one).
+        file_values = _strip_header(read_toml(config_file), str(config_file))
+        # Popped even when `preset` is given, else it would be applied below as a plain key and
+        # record a preset that was not the one loaded.
+        file_preset = file_values.pop("preset", None)
+        preset = preset or file_preset
         layers.append((str(config_file), _flatten(file_values)))
     layers.append(("--set", dict(overrides or {})))
     if preset is None:
         probe = RunConfig()
-        for source, values in layers:
-            apply_overrides(probe, values, source=source)
+        _apply_layers(probe, layers)
         preset = default_preset(probe.task, probe.data.level, probe.data.corpus)
     config = RunConfig.from_dict(read_preset(preset), source=f"preset {preset}")
     config.preset = preset
+    _apply_layers(config, layers)
+    return config.validate()
+
+
+def _apply_layers(config: RunConfig, layers: list[tuple[str, dict[str, Any]]]) -> None:
     for source, values in layers:
         apply_overrides(config, values, source=source)
     named = {_resolve_key(k, s) for s, values in layers for k in values}
     if ("data", "corpus") not in named and (config.data.train or config.data.text):
-        config.data.corpus = None  # local files replace the preset's (or default) corpus
-    return config.validate()
+        # Local files replace the preset's (or default) corpus; done for the probe too, so that
+        # a run on local files does not get the synthetic corpus's preset.
+        config.data.corpus = None

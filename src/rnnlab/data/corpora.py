@@ -37,7 +37,8 @@ _WT2 = "https://raw.githubusercontent.com/pytorch/examples/main/word_language_mo
 CORPORA: dict[str, Corpus] = {
     c.name: c
     for c in [
-        Corpus("synthetic", "lm", "word", "built-in synthetic language with known entropy (offline)"),
+        Corpus("synthetic", "lm", "word",
+               "built-in synthetic language with known entropy (offline)"),
         Corpus("ptb", "lm", "word", "Penn Treebank (Mikolov), 10k vocabulary, 0.93M train tokens", (
             RemoteFile("train", "ptb/ptb.train.txt", _PTB + "ptb.train.txt",
                        "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf"),
@@ -80,7 +81,11 @@ def data_dir(explicit: str | Path | None = None) -> Path:
 
 
 def corpus_files(
-    name: str, root: str | Path | None = None, *, download_missing: bool = True, verify: bool = False
+    name: str,
+    root: str | Path | None = None,
+    *,
+    download_missing: bool = True,
+    verify: bool = False,
 ) -> dict[str, Path]:
     """Local paths of a corpus's files by split, downloading any that are missing.
 

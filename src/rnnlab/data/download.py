@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
-import tempfile
+import secrets
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,14 +29,17 @@ def download(url: str, dest: str | Path, sha256: str | None, *, timeout: float =
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    # Not tempfile.mkstemp: its files are private (0600) and would stay so after the rename,
+    # leaving a shared data folder unreadable to others. open("xb") honours the umask.
+    tmp_name = dest.parent / f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
+    out = open(tmp_name, "xb")  # opened outside `try`: on failure there is nothing to remove
     try:
-        with os.fdopen(fd, "wb") as out:
+        with out:
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as response:
                     for block in iter(lambda: response.read(1 << 20), b""):
                         out.write(block)
-            except (urllib.error.URLError, OSError, ValueError) as exc:
+            except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
                 reason = getattr(exc, "reason", exc)
                 raise RnnlabError(
                     f"could not download {url} ({reason}); you seem to be offline or the server "

@@ -43,7 +43,9 @@ class SyntheticLanguage:
     transition: np.ndarray  # transition[a, b, c] = P(class c | classes a, b)
 
     @classmethod
-    def make(cls, seed: int = 0, zipf: float = 1.1, concentration: float = 0.7) -> SyntheticLanguage:
+    def make(
+        cls, seed: int = 0, zipf: float = 1.1, concentration: float = 0.7
+    ) -> SyntheticLanguage:
         rng = np.random.default_rng(seed)
         classes = list(GRAMMAR)
         index = {c: i for i, c in enumerate(classes)}
@@ -95,6 +97,9 @@ class SyntheticLanguage:
         rng = np.random.default_rng(seed)
         n = len(self.classes)
         cumulative = np.cumsum(self.transition, axis=2)
+        # Rounding can leave the last cumulative value just below 1; a draw above it would pick
+        # class n - 1 even where the grammar forbids it. Dividing makes it exactly 1.
+        cumulative /= cumulative[:, :, -1:]
         draws = rng.random(num_tokens)
         sequence = np.empty(num_tokens, dtype=np.int64)
         a = b = 0  # both "eos": the text starts a sentence

@@ -25,9 +25,10 @@ def read_text(path: str | Path) -> str:
         raise RnnlabError(
             f"{path} is not valid UTF-8 (byte {exc.start}); convert it, e.g. iconv -t utf-8"
         ) from None
+    text = text.removeprefix("\ufeff")  # before the emptiness check: a BOM alone is no text
     if not text.strip():
         raise RnnlabError(f"{path} is empty or only whitespace")
-    return text.removeprefix("\ufeff")
+    return text
 
 
 def word_tokens(text: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""RNNLanguageModel: embedding -> recurrent stack -> decoder over the vocabulary."""
+"""RNNLanguageModel: embedding -> recurrent stack -> output layer over the vocabulary."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from rnnlab.config import ModelConfig
-from rnnlab.errors import RnnlabError
 from rnnlab.models.cells import State, make_rnn
 from rnnlab.models.regularization import LockedDropout, embedding_dropout
 
@@ -14,9 +13,11 @@ from rnnlab.models.regularization import LockedDropout, embedding_dropout
 class RNNLanguageModel(nn.Module):
     """A recurrent language model.
 
-    ``forward(tokens[B, T], state) -> (logits[B, T, V], state)``; the loss is the caller's.
-    With ``tie_weights`` the decoder shares the embedding matrix (Press & Wolf, 2017; Inan et al.,
-    2017); when the hidden size differs from the embedding size a linear projection bridges them.
+    ``forward(tokens[B, T], state) -> (logits[B, T, V], state)`` for sampling and inspection;
+    ``nll(tokens, targets, state)`` for training and evaluation, which lets the adaptive softmax
+    skip the clusters a batch does not need. With ``tie_weights`` the decoder shares the embedding
+    matrix (Press & Wolf, 2017; Inan et al., 2017); when the hidden size differs from the embedding
+    size a linear projection bridges them.
     """
 
     def __init__(self, config: ModelConfig, vocab_size: int):
@@ -24,8 +25,6 @@ class RNNLanguageModel(nn.Module):
         self.config = config
         self.vocab_size = vocab_size
         onehot = config.input == "onehot"
-        if onehot and config.tie_weights:
-            raise RnnlabError("model.tie_weights needs model.input = 'embedding' (not onehot)")
         input_size = vocab_size if onehot else config.embedding_dim
         self.embedding = None if onehot else nn.Embedding(vocab_size, config.embedding_dim)
         self.input_dropout = LockedDropout(config.dropout)
@@ -33,12 +32,18 @@ class RNNLanguageModel(nn.Module):
             config.cell, input_size, config.hidden_size, config.num_layers, dropout=config.dropout
         )
         self.output_dropout = LockedDropout(config.dropout)
-        output_size = config.hidden_size
+        feature_size = config.hidden_size
         self.projection = None
         if config.tie_weights and config.hidden_size != config.embedding_dim:
             self.projection = nn.Linear(config.hidden_size, config.embedding_dim, bias=False)
-            output_size = config.embedding_dim
-        self.decoder = nn.Linear(output_size, vocab_size)
+            feature_size = config.embedding_dim
+        self.decoder: nn.Linear | None = None
+        self.adaptive: nn.AdaptiveLogSoftmaxWithLoss | None = None
+        cutoffs = [c for c in config.cutoffs if c < vocab_size - 1]
+        if config.output == "adaptive" and cutoffs:
+            self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(feature_size, vocab_size, cutoffs, 4.0)
+        else:
+            self.decoder = nn.Linear(feature_size, vocab_size)
         self._init_weights()
         if config.tie_weights:
             self.decoder.weight = self.embedding.weight
@@ -46,8 +51,9 @@ class RNNLanguageModel(nn.Module):
     def _init_weights(self) -> None:
         if self.embedding is not None:
             nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
-        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
-        nn.init.zeros_(self.decoder.bias)
+        if self.decoder is not None:
+            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+            nn.init.zeros_(self.decoder.bias)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T) ids -> (B, T, input size) float inputs for the recurrent stack."""
@@ -56,15 +62,36 @@ class RNNLanguageModel(nn.Module):
         p = self.config.embedding_dropout if self.training else 0.0
         return embedding_dropout(self.embedding, tokens, p)
 
-    def forward(
+    def features(
         self, tokens: torch.Tensor, state: State | None = None
     ) -> tuple[torch.Tensor, State]:
+        """(B, T) ids -> (B, T, D) inputs of the output layer, and the new state."""
         x = self.input_dropout(self.encode(tokens))  # (B, T, E)
         out, state = self.rnn(x, state)  # (B, T, H)
         out = self.output_dropout(out)
         if self.projection is not None:
             out = self.projection(out)  # (B, T, E)
+        return out, state
+
+    def forward(
+        self, tokens: torch.Tensor, state: State | None = None
+    ) -> tuple[torch.Tensor, State]:
+        out, state = self.features(tokens, state)
+        if self.adaptive is not None:  # normalised log-probabilities serve as logits
+            return self.adaptive.log_prob(out.flatten(0, 1)).view(*out.shape[:2], -1), state
         return self.decoder(out), state  # (B, T, V)
+
+    def nll(
+        self, tokens: torch.Tensor, targets: torch.Tensor, state: State | None = None,
+        reduction: str = "mean",
+    ) -> tuple[torch.Tensor, State]:
+        """Negative log-likelihood of ``targets`` (B, T) given ``tokens`` (B, T), in nats."""
+        out, state = self.features(tokens, state)
+        flat, goal = out.flatten(0, 1), targets.flatten()
+        if self.adaptive is not None:
+            token_nll = -self.adaptive(flat, goal).output
+            return (token_nll.mean() if reduction == "mean" else token_nll.sum()), state
+        return nn.functional.cross_entropy(self.decoder(flat), goal, reduction=reduction), state
 
     def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
         """The zero state for ``batch_size`` streams."""

@@ -1,0 +1,148 @@
+"""The Python API: load a trained language model, sample from it, measure it, save it."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rnnlab import checkpoint as ckpt
+from rnnlab.config import RunConfig
+from rnnlab.data.lm_data import encode, load_lm_data
+from rnnlab.data.text import tokenize
+from rnnlab.data.vocab import EOS, Vocab
+from rnnlab.errors import RnnlabError
+from rnnlab.generation import SampleConfig, encode_prompt, generate_ids, render
+from rnnlab.models.language_model import RNNLanguageModel
+from rnnlab.runtime import resolve_device
+from rnnlab.training.lm_task import evaluate_stream
+from rnnlab.training.metrics import lm_metrics
+
+
+class LanguageModel:
+    """A trained recurrent language model with its vocabulary and config.
+
+    >>> lm = LanguageModel.load("runs/my-run")          # doctest: +SKIP
+    >>> lm.generate("the meaning of life is", max_tokens=20, seed=1)  # doctest: +SKIP
+    """
+
+    def __init__(self, model: RNNLanguageModel, vocab: Vocab, config: RunConfig,
+                 run_dir: Path | None = None):
+        self.model = model.eval()
+        self.vocab = vocab
+        self.config = config
+        self.run_dir = run_dir
+
+    @classmethod
+    def load(cls, run_dir: str | Path, *, device: str = "cpu", weights: str = "best") -> LanguageModel:
+        """Load ``RUN/model.safetensors`` (``weights="best"``) or the latest ``last`` checkpoint."""
+        run_dir = Path(run_dir)
+        config = ckpt.load_config(run_dir)
+        if config.task != "lm":
+            raise RnnlabError(f"{run_dir} holds a {config.task} run, not a language model")
+        vocab = Vocab.load(run_dir / ckpt.VOCAB)
+        model = RNNLanguageModel(config.model, len(vocab))
+        ckpt.load_weights(model, _weights_path(run_dir, weights))
+        return cls(model.to(resolve_device(device)), vocab, config, run_dir)
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write a loadable run directory (config, vocabulary, weights) to ``out_dir``."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.save_config(self.config, out_dir)
+        self.vocab.save(out_dir / ckpt.VOCAB)
+        ckpt.save_weights(self.model, out_dir / ckpt.BEST)
+        if self.run_dir is not None and (self.run_dir / ckpt.METRICS).exists():
+            shutil.copyfile(self.run_dir / ckpt.METRICS, out_dir / ckpt.METRICS)
+        return out_dir
+
+    # --- sampling ----------------------------------------------------------------------------
+
+    def _ids(self, prime: str, config: SampleConfig) -> tuple[list[int], list[int], int | None]:
+        config.validate()
+        prompt = encode_prompt(self.vocab, prime, config)
+        banned = [self.vocab.stoi[t] for t in config.skip if t in self.vocab]
+        eos = self.vocab.stoi.get(EOS)
+        return prompt, banned, eos
+
+    def generate(self, prime: str = "", max_tokens: int = 100, **options: Any) -> list[str]:
+        """``num_samples`` continuations of ``prime`` (decoded together as one batch).
+
+        Options are the fields of :class:`rnnlab.generation.SampleConfig`: temperature, top_k,
+        top_p, skip, stop_at_eos, num_samples, seed, skip_unknown.
+        """
+        config = SampleConfig(max_tokens=max_tokens, **options)
+        prompt, banned, eos = self._ids(prime, config)
+        steps = list(generate_ids(self.model, prompt, config, banned, eos))
+        if not steps:
+            return [""] * config.num_samples
+        ids = torch.stack(steps, dim=1).tolist()  # (N, T)
+        texts = []
+        for row in ids:
+            if config.stop_at_eos and eos in row:
+                row = row[: row.index(eos)]
+            texts.append(render(self.vocab, row))
+        return texts
+
+    def stream(self, prime: str = "", max_tokens: int = 100, **options: Any) -> Iterator[str]:
+        """Yield one sample piece by piece (a word or a character) as it is generated."""
+        config = SampleConfig(max_tokens=max_tokens, **{**options, "num_samples": 1})
+        prompt, banned, eos = self._ids(prime, config)
+        first = True
+        for step in generate_ids(self.model, prompt, config, banned, eos):
+            token = int(step[0])
+            if config.stop_at_eos and token == eos:
+                return
+            piece = render(self.vocab, [token])
+            if self.vocab.level == "word" and not first and piece != "\n":
+                piece = " " + piece
+            first = piece == "\n"
+            yield piece
+
+    # --- measuring ---------------------------------------------------------------------------
+
+    def evaluate_text(self, text: str, batch_size: int | None = None) -> dict[str, Any]:
+        """NLL, perplexity and bits per token of ``text``; unknown tokens are counted."""
+        tokens = tokenize(text, self.vocab.level)
+        if len(tokens) < 2:
+            raise RnnlabError("the text needs at least two tokens to be scored")
+        ids, unknown = encode(self.vocab, tokens)
+        return self.evaluate_ids(ids, batch_size) | {"unknown": unknown}
+
+    def perplexity(self, text: str) -> float:
+        return self.evaluate_text(text)["ppl"]
+
+    def evaluate(self, split: str = "test", batch_size: int | None = None,
+                 data_dir: str | None = None) -> dict[str, Any]:
+        """Metrics on a split of the corpus the model was trained on."""
+        data_config = self.config.data
+        if data_dir:
+            data_config.data_dir = data_dir
+        data = load_lm_data(data_config, self.vocab)
+        if split not in data.splits:
+            raise RnnlabError(f"this run's data has no {split} split "
+                              f"(it has {', '.join(data.splits)})")
+        return self.evaluate_ids(data.splits[split], batch_size)
+
+    def evaluate_ids(self, ids: torch.Tensor, batch_size: int | None = None) -> dict[str, Any]:
+        """Metrics over every target of an id stream (see ``evaluate_stream``)."""
+        batch_size = batch_size or self.config.data.eval_batch_size
+        batch_size = max(1, min(batch_size, ids.numel() - 1))
+        device = next(self.model.parameters()).device
+        total, count = evaluate_stream(self.model, ids, batch_size, self.config.data.bptt, device)
+        return lm_metrics(total, count) | {"batch_size": batch_size}
+
+
+def _weights_path(run_dir: Path, which: str) -> Path:
+    if which == "best":
+        path = run_dir / ckpt.BEST
+        if not path.exists():
+            raise RnnlabError(f"{run_dir} has no {ckpt.BEST} yet (no evaluation finished)")
+        return path
+    if which == "last":
+        state = ckpt.load_trainer_state(run_dir / ckpt.TRAINER)
+        return run_dir / state["weights"]
+    raise RnnlabError(f"weights must be 'best' or 'last', got {which!r}")

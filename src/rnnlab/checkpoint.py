@@ -1,0 +1,222 @@
+"""The run directory: everything needed to use or resume a model, written crash-safely.
+
+Layout::
+
+    RUN/config.json            resolved RunConfig + format version
+    RUN/vocab.json             the vocabulary (and label names for classifiers)
+    RUN/model.safetensors      best weights on validation (what `load` uses)
+    RUN/last-<step>.safetensors  latest weights, for resuming
+    RUN/trainer.pt             optimiser, schedule, step, RNG, data position; names its weights file
+    RUN/metrics.jsonl          one JSON line per evaluation
+    RUN/run.json               versions, device, command line, summary
+
+Every file is written to a temporary file in the same directory, fsynced, then renamed over the
+old one, so a crash at any moment leaves the previous version intact. ``trainer.pt`` is replaced
+only after the weights it names are complete: it is the commit point of a checkpoint.
+Loading never unpickles code: weights come from safetensors and ``trainer.pt`` is read with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from rnnlab.config import RunConfig
+from rnnlab.errors import RnnlabError
+
+CONFIG = "config.json"
+VOCAB = "vocab.json"
+BEST = "model.safetensors"
+TRAINER = "trainer.pt"
+METRICS = "metrics.jsonl"
+RUN_INFO = "run.json"
+
+
+def _file_mode() -> int:
+    """The mode a plain ``open`` would give a new file (mkstemp's 0600 is too private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` so that ``path`` holds either its old content or all of the new one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, _file_mode())
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename itself is durable only once the directory entry is flushed.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --- weights -------------------------------------------------------------------------------
+
+
+def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with shared (tied) tensors stored once, contiguous, on the CPU."""
+    seen: set[int] = set()
+    tensors: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.numel() and tensor.data_ptr() in seen:
+            continue  # a tied weight: the module itself restores the sharing on load
+        seen.add(tensor.data_ptr())
+        tensors[name] = tensor.detach().to("cpu").contiguous()
+    return tensors
+
+
+def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(model_tensors(model), tmp, metadata=metadata)
+        os.chmod(tmp, _file_mode())
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    _fsync_dir(path.parent)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load safetensors weights into ``model``; clear errors for missing, corrupt or mismatched."""
+    path = Path(path)
+    if not path.exists():
+        raise RnnlabError(f"weights file not found: {path}")
+    try:
+        tensors = load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RnnlabError(f"{path} is corrupted or not a safetensors file ({exc})") from None
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in tensors and not _is_tied(model, k)]
+    unexpected = [k for k in tensors if k not in expected]
+    if missing or unexpected:
+        raise RnnlabError(
+            f"{path} does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape:
+            raise RnnlabError(
+                f"{path}: {name} has shape {tuple(tensor.shape)} but the model expects "
+                f"{tuple(expected[name].shape)} (does the vocabulary match the weights?)"
+            )
+    model.load_state_dict(tensors, strict=False)
+
+
+def _is_tied(model: nn.Module, key: str) -> bool:
+    """True when ``key`` names a tensor that shares storage with an earlier one."""
+    return key not in model_tensors(model)
+
+
+# --- trainer state -------------------------------------------------------------------------
+
+
+def save_trainer_state(state: dict[str, Any], path: str | Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_trainer_state(path: str | Path) -> dict[str, Any]:
+    """Read ``trainer.pt`` without executing code (``weights_only=True``)."""
+    path = Path(path)
+    if not path.exists():
+        raise RnnlabError(f"{path} not found: nothing to resume from")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file to the user
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RnnlabError(
+            f"{path} is corrupted or not a safe checkpoint (refused to load: {first_line[:200]})"
+        ) from None
+
+
+# --- config and run info -------------------------------------------------------------------
+
+
+def save_config(config: RunConfig, run_dir: str | Path) -> None:
+    atomic_write_text(Path(run_dir) / CONFIG, json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def load_config(run_dir: str | Path) -> RunConfig:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RnnlabError(f"run directory not found: {run_dir}")
+    path = run_dir / CONFIG
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RnnlabError(f"{run_dir} is not a run directory ({CONFIG} is missing)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RnnlabError(f"{path} is corrupted (not valid JSON)") from None
+    if not isinstance(raw, dict):
+        raise RnnlabError(f"{path} is corrupted (not a JSON object)")
+    return RunConfig.from_dict(raw, source=str(path)).validate()
+
+
+def read_json(path: str | Path, default: Any = None) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return default
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RnnlabError(f"{path} is corrupted (not valid JSON)") from None
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl``; a torn last line (a crash mid-write) is ignored."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
+    with open(Path(run_dir) / METRICS, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())

@@ -1,0 +1,321 @@
+"""The ``rnnlab`` command: parse arguments, call the library, print results.
+
+Every user-facing failure becomes one line on stderr (``rnnlab: error: ...``) and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rnnlab import __version__
+from rnnlab.errors import RnnlabError
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.showwarning = _one_line_warning
+    try:
+        return args.func(args) or 0
+    except RnnlabError as exc:
+        print(f"rnnlab: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("rnnlab: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:  # disk full, permissions: the user's environment, not a bug
+        print(f"rnnlab: error: {exc.strerror or exc} ({exc.filename or ''})", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - a bug: say so in one line unless debugging
+        if os.environ.get("RNNLAB_DEBUG"):
+            raise
+        print(f"rnnlab: internal error: {type(exc).__name__}: {exc} "
+              "(set RNNLAB_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"rnnlab: warning: {message}", file=sys.stderr)
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rnnlab", description="Train, evaluate and sample recurrent networks for text.")
+    parser.add_argument("--version", action="version", version=f"rnnlab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a model (no arguments: the built-in synthetic "
+                                         "corpus, offline, ~2 minutes)")
+    source = train.add_argument_group("data")
+    source.add_argument("--task", choices=["lm", "classify"], help="default: lm")
+    source.add_argument("--corpus", help="a known corpus: see `rnnlab data list`")
+    source.add_argument("--train", dest="train_file", metavar="FILE")
+    source.add_argument("--valid", dest="valid_file", metavar="FILE")
+    source.add_argument("--test", dest="test_file", metavar="FILE")
+    source.add_argument("--text", metavar="FILE", help="one file split into train/valid(/test)")
+    source.add_argument("--level", choices=["word", "char"])
+    source.add_argument("--data-dir", help="where known corpora live (default $RNNLAB_DATA or "
+                                           "~/.cache/rnnlab)")
+    recipe = train.add_argument_group("recipe")
+    recipe.add_argument("--preset", help="a named recipe: see `rnnlab presets`")
+    recipe.add_argument("--config", metavar="FILE.toml")
+    recipe.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.lr=3e-3 (repeatable)")
+    budget = train.add_argument_group("budget and run")
+    budget.add_argument("--epochs", type=int)
+    budget.add_argument("--max-steps", type=int)
+    budget.add_argument("--max-minutes", type=float)
+    budget.add_argument("--seed", type=int)
+    budget.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    budget.add_argument("--threads", type=int)
+    budget.add_argument("--out", help="run directory (default runs/<task>-<data>-<preset>-<time>)")
+    budget.add_argument("--resume", metavar="RUN", help="continue a run from its last checkpoint")
+    budget.add_argument("--samples", type=int, default=3,
+                        help="samples printed after a language model trains (default 3)")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("eval", help="measure a trained run on a split or a text file")
+    evaluate.add_argument("run")
+    evaluate.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    evaluate.add_argument("--text", metavar="FILE", help="score this file instead of a split")
+    evaluate.add_argument("--batch-size", type=int)
+    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--weights", default="best", choices=["best", "last"])
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(func=cmd_eval)
+
+    generate = sub.add_parser("generate", help="sample text from a language model")
+    generate.add_argument("run")
+    generate.add_argument("--prime", default="", help="text to start from")
+    generate.add_argument("--tokens", "--chars", dest="tokens", type=int, default=100,
+                          help="how many tokens (words, or characters at char level)")
+    generate.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    generate.add_argument("--top-k", type=int, default=0)
+    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument("--skip", default="", help="comma-separated tokens never to emit")
+    generate.add_argument("--stop-at-eos", action="store_true")
+    generate.add_argument("--num-samples", type=int, default=1)
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--skip-unknown", action="store_true",
+                          help="char level: drop prime characters outside the vocabulary")
+    generate.add_argument("--device", default="cpu")
+    generate.set_defaults(func=cmd_generate)
+
+    data = sub.add_parser("data", help="known corpora: list, download, path")
+    data.add_argument("action", choices=["list", "download", "path"])
+    data.add_argument("name", nargs="?")
+    data.add_argument("--data-dir")
+    data.set_defaults(func=cmd_data)
+
+    presets = sub.add_parser("presets", help="list the named recipes")
+    presets.add_argument("name", nargs="?", help="show one preset in full")
+    presets.set_defaults(func=cmd_presets)
+    return parser
+
+
+# --- train -------------------------------------------------------------------------------------
+
+
+def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The CLI's flags as ``section.key`` overrides (they win over presets and config files)."""
+    values: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RnnlabError(f"--set expects KEY=VALUE, got {item!r}")
+        values[key.strip()] = value.strip()
+    flags = {
+        "task": args.task, "data.corpus": args.corpus, "data.train": args.train_file,
+        "data.valid": args.valid_file, "data.test": args.test_file, "data.text": args.text,
+        "data.level": args.level, "data.data_dir": args.data_dir, "train.epochs": args.epochs,
+        "train.max_steps": args.max_steps, "train.max_minutes": args.max_minutes,
+        "train.seed": args.seed, "train.device": args.device, "train.threads": args.threads,
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return values
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rnnlab.config import resolve_config
+    from rnnlab.training import runner
+    from rnnlab.training.callbacks import PrintEvaluations, ProgressBar
+    from rnnlab.training.trainer import TrainingInterrupted
+
+    overrides = train_overrides(args)
+    bar = ProgressBar()
+    callbacks = [bar] if bar.enabled else [PrintEvaluations()]
+    try:
+        if args.resume:
+            allowed = {k: v for k, v in overrides.items() if k.startswith("train.")}
+            if set(overrides) - set(allowed) or args.preset or args.config:
+                raise RnnlabError("--resume continues a run as configured; only budget and "
+                                  "train.* options may change")
+            result = runner.resume(args.resume, allowed, callbacks=callbacks)
+        else:
+            config = resolve_config(preset=args.preset, config_file=args.config,
+                                    overrides=overrides)
+            print(f"run: {args.out or '(default)'} | task {config.task} | preset {config.preset} "
+                  f"| data {config.data.corpus or config.data.text or config.data.train}",
+                  file=sys.stderr)
+            result = runner.train(config, args.out, callbacks=callbacks)
+    except TrainingInterrupted as exc:
+        print(f"rnnlab: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"run directory: {result.run_dir}")
+    print(f"stopped: {result.stop_reason} after {result.steps} steps, "
+          f"{result.elapsed:.1f} s of training")
+    from rnnlab import checkpoint as ckpt
+
+    if ckpt.load_config(result.run_dir).task == "lm":
+        report_language_model(result.run_dir, args.samples)
+    return 0
+
+
+def report_language_model(run_dir: Path, samples: int) -> None:
+    """Best valid perplexity beside the baselines, test perplexity, and a few samples."""
+    import math
+
+    from rnnlab.api import LanguageModel
+    from rnnlab.data.lm_data import load_lm_data
+    from rnnlab.training.metrics import unigram_nll
+
+    lm = LanguageModel.load(run_dir)
+    data = load_lm_data(lm.config.data, lm.vocab)
+    valid = lm.evaluate_ids(data.splits["valid"])
+    unigram = math.exp(unigram_nll(data.splits["train"], data.splits["valid"], len(lm.vocab)))
+    line = f"valid ppl {valid['ppl']:.2f} (best checkpoint) | unigram baseline {unigram:.2f}"
+    if data.synthetic is not None:
+        true_ppl = math.exp(data.synthetic.true_nll("valid"))
+        rate = math.exp(data.synthetic.language.entropy_rate())
+        line += (f" | true source ppl {true_ppl:.2f} on valid (entropy rate: {rate:.2f}) | "
+                 f"model / true = {valid['ppl'] / true_ppl:.3f}")
+    print(line)
+    if "test" in data.splits:
+        test = lm.evaluate_ids(data.splits["test"])
+        print(f"test ppl {test['ppl']:.2f} | {test['bits']:.4f} bits per token")
+    if samples > 0:
+        prime = "" if lm.vocab.level == "word" else lm.vocab.itos[-1]
+        for i, text in enumerate(lm.generate(prime, 30 if lm.vocab.level == "word" else 200,
+                                             num_samples=samples, temperature=0.8, seed=1,
+                                             skip=["<unk>"])):
+            print(f"sample {i + 1}: {text.strip()}")
+
+
+# --- eval / generate ---------------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rnnlab import checkpoint as ckpt
+
+    config = ckpt.load_config(args.run)
+    if config.task != "lm":
+        from rnnlab.classify_cli import evaluate_classifier
+
+        return evaluate_classifier(args)
+    from rnnlab.api import LanguageModel
+    from rnnlab.data.text import read_text
+
+    lm = LanguageModel.load(args.run, device=args.device, weights=args.weights)
+    if args.text:
+        metrics = lm.evaluate_text(read_text(args.text), args.batch_size)
+        what = args.text
+    else:
+        metrics = lm.evaluate(args.split, args.batch_size, args.data_dir)
+        what = f"{args.split} split"
+    if args.json:
+        print(json.dumps({"run": str(args.run), "data": what, **metrics}))
+        return 0
+    unit = "character" if lm.vocab.level == "char" else "token"
+    print(f"{what}: {metrics['tokens']:,} target {unit}s, batch size {metrics['batch_size']}")
+    print(f"loss {metrics['loss']:.4f} nats/{unit} | ppl {metrics['ppl']:.2f} | "
+          f"{metrics['bits']:.4f} bits/{unit}")
+    if "unknown" in metrics:
+        print(f"unknown {unit}s mapped to {lm.vocab.unk}: {metrics['unknown']:,}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from rnnlab.api import LanguageModel
+
+    lm = LanguageModel.load(args.run, device=args.device)
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   skip=[t for t in args.skip.split(",") if t], stop_at_eos=args.stop_at_eos,
+                   seed=args.seed, skip_unknown=args.skip_unknown)
+    if args.num_samples == 1:  # stream to the terminal as it is generated
+        sys.stdout.write(args.prime + (" " if args.prime and lm.vocab.level == "word" else ""))
+        for piece in lm.stream(args.prime, args.tokens, **options):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+    texts = lm.generate(args.prime, args.tokens, num_samples=args.num_samples, **options)
+    joiner = "" if lm.vocab.level == "char" else " "
+    for i, text in enumerate(texts):
+        print(f"--- sample {i + 1}")
+        print(args.prime + (joiner if args.prime else "") + text)
+    return 0
+
+
+# --- data / presets ----------------------------------------------------------------------------
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from rnnlab.data.corpora import CORPORA, corpus_files, data_dir, get_corpus
+
+    _register_optional_corpora()
+    if args.action == "list":
+        root = data_dir(args.data_dir)
+        for name, corpus in sorted(CORPORA.items()):
+            present = all((root / f.path).exists() for f in corpus.files)
+            state = "built-in" if not corpus.files else ("present" if present else "not downloaded")
+            print(f"{name:16} {corpus.task:9} {state:15} {corpus.description}")
+        print(f"data directory: {root}")
+        return 0
+    if not args.name:
+        raise RnnlabError(f"`rnnlab data {args.action}` needs a corpus name")
+    corpus = get_corpus(args.name)
+    if args.action == "path":
+        print(data_dir(args.data_dir) / corpus.name if corpus.files else "(built-in, no files)")
+        return 0
+    for split, path in corpus_files(args.name, args.data_dir, verify=True).items():
+        print(f"{split}: {path} (sha256 verified)")
+    return 0
+
+
+def _register_optional_corpora() -> None:
+    """Importing these modules registers their known corpora."""
+    for module in ("rnnlab.data.char_corpora", "rnnlab.data.classification"):
+        try:
+            __import__(module)
+        except ImportError:
+            pass
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from rnnlab.config import preset_names, read_preset
+
+    if args.name:
+        print(json.dumps(read_preset(args.name), indent=2))
+        return 0
+    for name in preset_names():
+        raw = read_preset(name)
+        print(f"{name:14} {raw.get('task', 'lm'):9} {raw.get('description', '')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Language-modelling data: a source (known corpus, local files, one text, or the built-in
+synthetic language) becomes a vocabulary and one id tensor per split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from rnnlab.config import DataConfig
+from rnnlab.data.corpora import corpus_files, get_corpus
+from rnnlab.data.synthetic import SyntheticSplits, synthetic_splits
+from rnnlab.data.text import read_text, split_text, tokenize
+from rnnlab.data.vocab import EOS, UNK, Vocab
+from rnnlab.errors import RnnlabError
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class LMData:
+    """Token ids per split and the vocabulary that made them."""
+
+    vocab: Vocab
+    splits: dict[str, torch.Tensor]  # name -> (N,) int64 ids
+    unknown: dict[str, int] = field(default_factory=dict)  # tokens mapped to <unk>, per split
+    synthetic: SyntheticSplits | None = None  # the source itself, for the built-in corpus
+
+
+def specials_for(level: str) -> tuple[str, ...]:
+    # Characters need no end-of-line token: the newline character already is one.
+    return (UNK,) if level == "char" else (UNK, EOS)
+
+
+def load_lm_data(config: DataConfig, vocab: Vocab | None = None) -> LMData:
+    """Read the configured source; build the vocabulary from train unless ``vocab`` is given."""
+    synthetic = None
+    if config.corpus == "synthetic":
+        if config.level != "word":
+            raise RnnlabError("the synthetic corpus is word level; drop --level char")
+        synthetic = synthetic_splits(config.synthetic_tokens)
+        tokens = {"train": synthetic.train, "valid": synthetic.valid, "test": synthetic.test}
+    else:
+        texts = _split_texts(config)
+        tokens = {name: tokenize(text, config.level) for name, text in texts.items()}
+    if not tokens.get("train"):
+        raise RnnlabError("the training text has no tokens")
+    if vocab is None:
+        vocab = Vocab.build(
+            tokens["train"], level=config.level, specials=specials_for(config.level),
+            min_freq=config.min_freq, max_size=config.max_vocab,
+        )
+    data = LMData(vocab, {}, synthetic=synthetic)
+    for name, toks in tokens.items():
+        data.splits[name], data.unknown[name] = encode(vocab, toks)
+    return data
+
+
+def encode(vocab: Vocab, tokens: list[str]) -> tuple[torch.Tensor, int]:
+    """Ids of ``tokens`` and how many of them were unknown."""
+    ids = torch.tensor(vocab.encode(tokens), dtype=torch.long)
+    unk = vocab.unk_id
+    unknown = int((ids == unk).sum()) - sum(t == vocab.unk for t in tokens) if unk is not None else 0
+    return ids, unknown
+
+
+def _split_texts(config: DataConfig) -> dict[str, str]:
+    """Raw text per split from a known corpus, --train/--valid/--test files, or one --text file."""
+    if config.corpus:
+        corpus = get_corpus(config.corpus)
+        if corpus.task != "lm":
+            raise RnnlabError(f"corpus '{config.corpus}' is for --task {corpus.task}, not lm")
+        paths = corpus_files(config.corpus, config.data_dir)
+        if set(paths) & set(SPLITS) == {"train"} or "raw" in paths:
+            source = paths.get("raw", paths.get("train"))
+            return _by_fraction(read_text(source), config)
+        return {name: read_text(path) for name, path in paths.items() if name in SPLITS}
+    if config.text:
+        return _by_fraction(read_text(config.text), config)
+    texts = {"train": read_text(config.train)}
+    if not config.valid:  # carve valid (and test) from the training file
+        return _by_fraction(texts["train"], config)
+    texts["valid"] = read_text(config.valid)
+    if config.test:
+        texts["test"] = read_text(config.test)
+    return texts
+
+
+def _by_fraction(text: str, config: DataConfig) -> dict[str, str]:
+    pieces = split_text(text, config.split, config.level)
+    named = dict(zip(SPLITS, pieces, strict=False))
+    for name in ("train", "valid"):
+        if not named[name].strip():
+            raise RnnlabError(
+                f"the text is too short to split into train/valid by {config.split}: "
+                f"the {name} part is empty"
+            )
+    return {name: piece for name, piece in named.items() if piece.strip()}

@@ -1,0 +1,150 @@
+"""Sampling text from a language model: the prompt is read once, then one step per token.
+
+``sample_next`` is a pure function of the logits and a generator; ``generate_ids`` carries the
+recurrent state so each new token costs a single step of the network, and decodes several
+samples as one batch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from rnnlab.data.vocab import EOS, Vocab
+from rnnlab.errors import RnnlabError
+from rnnlab.models.cells import State
+from rnnlab.models.language_model import RNNLanguageModel
+
+
+@dataclass
+class SampleConfig:
+    """How to sample: length, randomness, and what to avoid."""
+
+    max_tokens: int = 100
+    temperature: float = 1.0  # 0: greedy
+    top_k: int = 0  # 0: no top-k filter
+    top_p: float = 1.0  # 1: no nucleus filter
+    skip: list[str] = field(default_factory=list)  # tokens never emitted, e.g. ["<unk>"]
+    stop_at_eos: bool = False
+    num_samples: int = 1
+    seed: int | None = None
+    skip_unknown: bool = False  # char level: drop prime characters outside the vocabulary
+
+    def validate(self) -> SampleConfig:
+        if self.max_tokens <= 0:
+            raise RnnlabError(f"the number of tokens to generate must be positive, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise RnnlabError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise RnnlabError(f"top-k must be >= 1 (or 0 for no limit), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise RnnlabError(f"top-p must be in (0, 1], got {self.top_p}")
+        if self.num_samples <= 0:
+            raise RnnlabError(f"the number of samples must be positive, got {self.num_samples}")
+        return self
+
+
+def sample_next(
+    logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+    banned: torch.Tensor | None = None, generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """(N, V) logits -> (N,) sampled ids.
+
+    ``banned`` ids get probability zero; ``top_k`` keeps the k most likely ids; ``top_p`` keeps
+    the smallest set whose probability reaches p (Holtzman et al., 2020); temperature 0 is greedy.
+    """
+    logits = logits.float().clone()
+    if banned is not None and banned.numel():
+        logits[:, banned] = float("-inf")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely ids
+        sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def expand_state(state: State, copies: int) -> State:
+    """Repeat a batch-1 state ``copies`` times along the batch dimension."""
+    if isinstance(state, tuple):
+        return tuple(s.expand(-1, copies, -1).contiguous() for s in state)  # type: ignore[return-value]
+    return state.expand(-1, copies, -1).contiguous()
+
+
+@torch.inference_mode()
+def generate_ids(
+    model: RNNLanguageModel, prompt: list[int], config: SampleConfig,
+    banned: list[int] = (), eos_id: int | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield (num_samples,) ids, one step at a time, after reading ``prompt`` once.
+
+    With ``config.stop_at_eos`` a sample that produced ``eos_id`` keeps emitting ``eos_id`` and the
+    iteration ends when every sample has finished.
+    """
+    if not prompt:
+        raise RnnlabError("the prompt is empty")
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device)
+    if config.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(config.seed)
+    tokens = torch.tensor([prompt], device=device)  # (1, P)
+    logits, state = model(tokens)
+    logits = logits[:, -1].expand(config.num_samples, -1)  # (N, V)
+    state = expand_state(state, config.num_samples)
+    banned_ids = torch.tensor(sorted(set(banned)), dtype=torch.long, device=device)
+    done = torch.zeros(config.num_samples, dtype=torch.bool, device=device)
+    for _ in range(config.max_tokens):
+        next_ids = sample_next(logits, temperature=config.temperature, top_k=config.top_k,
+                               top_p=config.top_p, banned=banned_ids, generator=generator)
+        if config.stop_at_eos and eos_id is not None:
+            next_ids = next_ids.masked_fill(done, eos_id)
+            done |= next_ids == eos_id
+        yield next_ids
+        if config.stop_at_eos and bool(done.all()):
+            return
+        logits, state = model(next_ids[:, None], state)  # one step: (N, 1) -> (N, 1, V)
+        logits = logits[:, -1]
+
+
+def encode_prompt(vocab: Vocab, prime: str, config: SampleConfig) -> list[int]:
+    """Prompt text -> ids; unknown words become <unk> with a warning, unknown characters are an
+    error unless ``skip_unknown``."""
+    if vocab.level == "char":
+        if not prime:
+            raise RnnlabError("the prime text is empty; give at least one character with --prime")
+        unknown = sorted({ch for ch in prime if ch not in vocab})
+        if unknown and not config.skip_unknown:
+            raise RnnlabError(f"prime characters not in the vocabulary: {''.join(unknown)!r} "
+                              "(use --skip-unknown to drop them)")
+        ids = [vocab.id(ch) for ch in prime if ch in vocab]
+        if not ids:
+            raise RnnlabError("every character of the prime is outside the vocabulary")
+        return ids
+    words = prime.split()
+    unknown = [w for w in words if w not in vocab]
+    if unknown:
+        warnings.warn(f"prime words not in the vocabulary, read as {vocab.unk}: "
+                      + ", ".join(unknown[:10]), stacklevel=2)
+    return vocab.encode(words) if words else [vocab.id(EOS)]
+
+
+def render(vocab: Vocab, ids: list[int]) -> str:
+    """Ids -> text: words joined by spaces with <eos> as a line break; characters as they are."""
+    if vocab.level == "char":
+        return "".join(vocab.itos[i] for i in ids)
+    words = ["\n" if vocab.itos[i] == EOS else vocab.itos[i] for i in ids]
+    return " ".join(words).replace(" \n ", "\n").replace(" \n", "\n")

@@ -1,0 +1,82 @@
+"""Presentation of a run: a progress bar and one printed line per evaluation."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from rnnlab.training.trainer import Callback, Trainer, TrainResult
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """One readable line for an evaluation record."""
+    parts = [f"step {record['step']}", f"epoch {record['epoch']:.2f}"]
+    for key, fmt in (("loss", ".4f"), ("ppl", ".2f"), ("bits", ".4f"), ("accuracy", ".4f")):
+        if key in record and record[key] is not None:
+            parts.append(f"valid {key} {record[key]:{fmt}}")
+    rate = next((v for k, v in record.items() if k.endswith("_per_s")), None)
+    if rate is not None:
+        parts.append(f"{rate:,.0f} {next(k for k in record if k.endswith('_per_s'))[:-6]}/s")
+    parts.append(f"lr {record['lr']:.3g}")
+    if record.get("best"):
+        parts.append("*best*")
+    return " | ".join(parts)
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over the whole budget (epochs, steps or minutes, whichever ends first).
+
+    The bar counts per-mille of the budget, so its ETA is right for any kind of budget. It is
+    shown only on a terminal; in CI logs the per-evaluation lines say enough.
+    """
+
+    def __init__(self, stream: TextIO = sys.stderr, enabled: bool | None = None):
+        self.stream = stream
+        self.enabled = stream.isatty() if enabled is None else enabled
+        self.bar: tqdm | None = None
+        self.smoothed: float | None = None
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        if self.enabled:
+            self.bar = tqdm(total=1000, file=self.stream, unit="‰", dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {elapsed}<{remaining}{postfix}")
+            self.bar.update(int(trainer.progress() * 1000))
+
+    def on_step(self, trainer: Trainer, loss: float) -> None:
+        if self.bar is None:
+            return
+        if math.isfinite(loss):
+            self.smoothed = loss if self.smoothed is None else 0.95 * self.smoothed + 0.05 * loss
+        self.bar.update(int(trainer.progress() * 1000) - self.bar.n)
+        if trainer.step % 10 == 0 and self.smoothed is not None:
+            postfix = {"loss": f"{self.smoothed:.3f}"}
+            if trainer.task.best_metric == "loss":
+                postfix["ppl"] = f"{math.exp(min(self.smoothed, 50)):.1f}"
+            seconds = time.monotonic() - trainer.running.since
+            if seconds > 0:
+                postfix[f"{trainer.task.unit[:3]}/s"] = f"{trainer.running.items / seconds:,.0f}"
+            postfix["lr"] = f"{trainer.lr:.2g}"
+            self.bar.set_postfix(postfix, refresh=False)
+
+    def on_eval(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.write(format_record(record), file=self.stream)
+
+    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class PrintEvaluations(Callback):
+    """Print each evaluation as a line (used when there is no progress bar)."""
+
+    def __init__(self, stream: TextIO = sys.stdout):
+        self.stream = stream
+
+    def on_eval(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        print(format_record(record), file=self.stream, flush=True)

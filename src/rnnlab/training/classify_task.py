@@ -1,0 +1,327 @@
+"""Text classification as a Task: length-bucketed batches, cross-entropy, accuracy and a report.
+
+The run directory keeps what inference needs besides the weights: ``vocab.json`` holds the
+vocabulary plus a ``labels`` list (the class names in class-id order); see
+:func:`save_artifacts` and :func:`load_artifacts`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from rnnlab import checkpoint as ckpt
+from rnnlab.config import RunConfig
+from rnnlab.data.classification import (
+    Batch,
+    EncodedSet,
+    Examples,
+    Interner,
+    bucket_batches,
+    build_vocab,
+    check_labels,
+    encode,
+    encode_texts,
+    label_names,
+    load_corpus,
+    read_examples,
+    sorted_batches,
+    split_examples,
+    split_validation,
+)
+from rnnlab.data.vocab import Vocab
+from rnnlab.errors import RnnlabError
+from rnnlab.models.classifier import RNNClassifier
+
+SPLITS = ("train", "valid", "test")
+
+
+class ClassificationTask:
+    """Train an :class:`RNNClassifier` on ``sets["train"]``; pick the best by valid accuracy.
+
+    ``vocab`` and ``label_names`` are what a run directory must save (:meth:`save_artifacts`);
+    ``sets`` maps ``train``/``valid`` (and ``test`` when there is one) to encoded examples.
+    """
+
+    best_metric = "accuracy"
+    higher_is_better = True
+    unit = "examples"
+
+    def __init__(
+        self, model: RNNClassifier, vocab: Vocab, label_names: Sequence[str],
+        sets: dict[str, EncodedSet], *, batch_size: int, eval_batch_size: int, seed: int,
+        device: torch.device, stats: dict[str, Any] | None = None,
+    ):
+        self.model = model
+        self.vocab = vocab
+        self.label_names = list(label_names)
+        self.sets = sets
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+        self.device = device
+        self.stats = stats or {}
+
+    # --- training ----------------------------------------------------------------------------
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.sets["train"]) / self.batch_size)
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        train = self.sets["train"]
+        for index in bucket_batches(train.lengths, self.batch_size, self.seed, epoch)[start:]:
+            yield train.batch(torch.from_numpy(index))
+
+    def train_loss(self, batch: Batch) -> tuple[torch.Tensor, int]:
+        logits = self._logits(batch)  # (B, C)
+        return F.cross_entropy(logits, batch.labels.to(self.device)), len(batch)
+
+    def _logits(self, batch: Batch) -> torch.Tensor:
+        tokens = batch.tokens.to(self.device, non_blocking=True)
+        return self.model(tokens, batch.lengths)  # lengths stay on the CPU for packing
+
+    # --- evaluation --------------------------------------------------------------------------
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Mean cross-entropy and accuracy on ``split``."""
+        result = self.predict_split(split)
+        return {"loss": result.loss, "accuracy": result.accuracy}
+
+    def report(self, split: str) -> dict[str, Any]:
+        """The full report on ``split``: loss, accuracy, per-class scores, confusion matrix."""
+        result = self.predict_split(split)
+        return {"split": split, "loss": result.loss,
+                **classification_report(result.predictions, result.targets, self.label_names)}
+
+    def predict_split(self, split: str) -> SplitPredictions:
+        """Predicted and true class ids of every example of ``split`` (in the set's order)."""
+        if split not in self.sets:
+            raise RnnlabError(f"this run has no {split} set (available: {', '.join(self.sets)})")
+        data = self.sets[split]
+        predictions = torch.empty(len(data), dtype=torch.int64)
+        total = 0.0
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for index in sorted_batches(data.lengths, self.eval_batch_size):
+                    index = torch.from_numpy(index)
+                    batch = data.batch(index)
+                    logits = self._logits(batch).float()  # (B, C)
+                    labels = batch.labels.to(logits.device)
+                    total += float(F.cross_entropy(logits, labels, reduction="sum"))
+                    predictions[index] = logits.argmax(dim=1).cpu()
+        finally:
+            self.model.train(was_training)
+        return SplitPredictions(predictions, data.labels, total / len(data))
+
+    # --- run directory and resume ------------------------------------------------------------
+
+    def save_artifacts(self, run_dir: str | Path) -> None:
+        save_artifacts(run_dir, self.vocab, self.label_names)
+
+    def state_dict(self) -> dict[str, Any]:
+        # Batches are a pure function of (seed, epoch); only the data's identity is worth
+        # checking on resume, since other data would silently give other batches.
+        return {"train_examples": len(self.sets["train"]), "labels": list(self.label_names)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        expected = self.state_dict()
+        for key, value in state.items():
+            if key in expected and expected[key] != value:
+                raise RnnlabError(
+                    f"the checkpoint was trained with {key} = {value}, but the data now gives "
+                    f"{expected[key]}; resume with the same data"
+                )
+
+
+@dataclass
+class SplitPredictions:
+    predictions: torch.Tensor  # (N,) class ids
+    targets: torch.Tensor  # (N,)
+    loss: float  # mean cross-entropy
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.predictions == self.targets).double().mean())
+
+
+def classification_report(
+    predictions: torch.Tensor | Sequence[int], targets: torch.Tensor | Sequence[int],
+    names: Sequence[str],
+) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1/support, macro F1 and the confusion matrix.
+
+    ``confusion[i][j]`` counts examples of true class ``i`` predicted as ``j``. A score whose
+    denominator is zero (a class never predicted, or absent) is 0.
+    """
+    predicted = np.asarray(predictions, dtype=np.int64)
+    true = np.asarray(targets, dtype=np.int64)
+    k = len(names)
+    confusion = np.bincount(true * k + predicted, minlength=k * k).reshape(k, k)
+    hits = np.diag(confusion).astype(np.float64)
+    support = confusion.sum(axis=1)
+    precision = _ratio(hits, confusion.sum(axis=0))
+    recall = _ratio(hits, support)
+    f1 = _ratio(2 * precision * recall, precision + recall)
+    per_class = {
+        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+               "support": int(support[i])}
+        for i, name in enumerate(names)
+    }
+    return {
+        "accuracy": float(hits.sum() / max(true.size, 1)),
+        "macro_f1": float(f1.mean()),
+        "examples": int(true.size),
+        "labels": list(names),
+        "per_class": per_class,
+        "confusion": confusion.tolist(),
+    }
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    return np.divide(numerator, denominator, out=np.zeros(len(numerator)),
+                     where=denominator > 0)
+
+
+# --- building from a config ------------------------------------------------------------------
+
+
+def load_labelled_splits(config: RunConfig) -> dict[str, Examples]:
+    """The raw train/valid[/test] examples that ``config.data`` names.
+
+    Sources: a known corpus (imdb: its train and test; valid carved from train), ``data.train``
+    with optional ``data.valid``/``data.test`` (valid carved from train when absent), or one
+    file ``data.text`` cut by ``data.split``. Carving is stratified and seeded by train.seed.
+    """
+    data, seed = config.data, config.train.seed
+    fields = {"text_field": data.text_field, "label_field": data.label_field}
+    if data.corpus:
+        sets = load_corpus(data.corpus, data.data_dir)
+    elif data.train:
+        sets = {"train": read_examples(data.train, **fields)}
+        for split in ("valid", "test"):
+            if getattr(data, split):
+                sets[split] = read_examples(getattr(data, split), **fields)
+    elif data.text:
+        pieces = split_examples(read_examples(data.text, **fields), data.split, seed)
+        sets = {s: p for s, p in zip(SPLITS, pieces, strict=False) if p is not None}
+    else:
+        raise RnnlabError("classification needs --corpus imdb, --train FILE or --text FILE")
+    if "valid" not in sets:
+        train_index, valid_index = split_validation(sets["train"].labels, data.valid_fraction,
+                                                    seed)
+        sets["valid"] = sets["train"].subset(valid_index)
+        sets["train"] = sets["train"].subset(train_index)
+    return sets
+
+
+def build_classification_task(
+    config: RunConfig, device: torch.device, *, vocab: Vocab | None = None,
+    label_names: Sequence[str] | None = None,
+) -> ClassificationTask:
+    """Load the data, build (or reuse) the vocabulary and labels, and make the model.
+
+    Pass the ``vocab`` and ``label_names`` saved in a run directory to evaluate a trained model
+    on its data; without them both are built from the training split alone.
+    """
+    data = config.data
+    examples = load_labelled_splits(config)
+    names = list(label_names) if label_names is not None else _label_names(examples["train"])
+    check_labels(examples["train"], names,
+                 [examples[s] for s in ("valid", "test") if s in examples])
+    interner = Interner()
+    tokenized = {s: interner.tokenize(e.texts, data.max_length) for s, e in examples.items()}
+    if vocab is None:
+        vocab = build_vocab(interner, tokenized["train"].ids, min_freq=data.min_freq,
+                            max_size=data.max_vocab)
+    sets = {s: encode(tokenized[s], examples[s].labels, interner, vocab, names)
+            for s in examples}
+    model = RNNClassifier(config.model, len(vocab), len(names)).to(device)
+    stats = {
+        "examples": {s: len(e) for s, e in sets.items()},
+        "truncated": {s: e.truncated for s, e in sets.items()},
+        "max_length": data.max_length,
+        "vocab": len(vocab),
+        "labels": names,
+        "class_counts": {s: np.bincount(e.labels.numpy(), minlength=len(names)).tolist()
+                         for s, e in sets.items()},
+        "mean_length": {s: round(float(e.lengths.double().mean()), 1) for s, e in sets.items()},
+    }
+    return ClassificationTask(
+        model, vocab, names, sets, batch_size=data.batch_size,
+        eval_batch_size=data.eval_batch_size, seed=config.train.seed, device=device,
+        stats=stats,
+    )
+
+
+def _label_names(train: Examples) -> list[str]:
+    return label_names(train.labels)
+
+
+# --- artifacts and inference -----------------------------------------------------------------
+
+
+def save_artifacts(run_dir: str | Path, vocab: Vocab, label_names: Sequence[str]) -> None:
+    """Write ``RUN/vocab.json``: the vocabulary plus ``labels`` (class names by class id).
+
+    ``Vocab.load`` reads the file as a plain vocabulary, ignoring ``labels``.
+    """
+    payload = {**vocab.to_dict(), "labels": list(label_names)}
+    ckpt.atomic_write_text(Path(run_dir) / ckpt.VOCAB, json.dumps(payload, ensure_ascii=False))
+
+
+def load_artifacts(run_dir: str | Path) -> tuple[Vocab, list[str]]:
+    """The vocabulary and class names saved by :func:`save_artifacts`."""
+    path = Path(run_dir) / ckpt.VOCAB
+    vocab = Vocab.load(path)
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    labels = raw.get("labels")
+    if not isinstance(labels, list) or len(labels) < 2:
+        raise RnnlabError(f"{path} has no label names: is this a classification run?")
+    return vocab, [str(label) for label in labels]
+
+
+def predict_texts(
+    model: RNNClassifier, vocab: Vocab, label_names: Sequence[str], texts: Sequence[str],
+    max_length: int, batch_size: int = 64,
+) -> list[dict[str, Any]]:
+    """Classify ``texts``: ``[{"label": name, "probs": {name: p, ...}}, ...]`` in input order.
+
+    Texts longer than ``max_length`` tokens are truncated, as in training.
+    """
+    if isinstance(texts, str):
+        raise RnnlabError("predict_texts takes a list of texts, not a single string")
+    if not texts:
+        raise RnnlabError("no texts to classify")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise RnnlabError(f"text {i + 1} of {len(texts)} is empty")
+    encoded, _ = encode_texts(texts, vocab, max_length)
+    device = next(model.parameters()).device
+    lengths = torch.tensor([len(ids) for ids in encoded])
+    probs = torch.empty(len(texts), len(label_names))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for index in sorted_batches(lengths, batch_size):
+                rows = [torch.tensor(encoded[i]) for i in index]
+                tokens = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # (B, T), pad 0
+                logits = model(tokens.to(device), lengths[index])  # (B, C)
+                probs[torch.from_numpy(index)] = logits.float().softmax(dim=1).cpu()
+    finally:
+        model.train(was_training)
+    best = probs.argmax(dim=1).tolist()
+    return [
+        {"label": label_names[b], "probs": dict(zip(label_names, row, strict=True))}
+        for b, row in zip(best, probs.tolist(), strict=True)
+    ]

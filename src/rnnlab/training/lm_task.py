@@ -1,0 +1,108 @@
+"""Language modelling as a Task: truncated BPTT over contiguous streams, perplexity on splits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from rnnlab.config import RunConfig
+from rnnlab.data.batching import batchify, window_lengths, windows
+from rnnlab.data.lm_data import LMData
+from rnnlab.models.cells import State, detach_state, select_state
+from rnnlab.models.language_model import RNNLanguageModel
+from rnnlab.training.metrics import lm_metrics
+
+
+class LanguageModelTask:
+    """Train a :class:`RNNLanguageModel` on ``data.splits['train']`` with the state carried.
+
+    The hidden state flows from one window to the next and is detached at each boundary, so
+    gradients reach back ``bptt`` steps while the state itself sees the whole stream.
+    """
+
+    best_metric = "loss"
+    higher_is_better = False
+    unit = "tokens"
+
+    def __init__(self, model: RNNLanguageModel, data: LMData, config: RunConfig,
+                 device: torch.device):
+        self.model = model
+        self.data = data
+        self.config = config
+        self.device = device
+        self.streams = batchify(data.splits["train"], config.data.batch_size).to(device)
+        self.state: State | None = None
+
+    def _lengths(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.config.train.seed * 1000 + epoch)
+        return window_lengths(
+            self.streams.shape[1] - 1, self.config.data.bptt,
+            variable=self.config.data.variable_bptt, generator=generator,
+        )
+
+    def steps_per_epoch(self) -> int:
+        return len(self._lengths(0))
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if start == 0:
+            self.state = None  # each epoch starts the streams from their beginning
+        yield from windows(self.streams, self._lengths(epoch), start)
+
+    def train_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        inputs, targets = batch
+        loss, state = self.model.nll(inputs, targets, detach_state(self.state))
+        self.state = detach_state(state)
+        return loss, targets.numel()
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        total, count = evaluate_stream(
+            self.model, self.data.splits[split], self.config.data.eval_batch_size,
+            self.config.data.bptt, self.device,
+        )
+        return lm_metrics(total, count)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.state is None:
+            return {}
+        state = self.state if isinstance(self.state, tuple) else (self.state,)
+        return {"hidden": [s.cpu() for s in state]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        hidden = state.get("hidden")
+        if not hidden:
+            self.state = None
+            return
+        moved = tuple(s.to(self.device) for s in hidden)
+        self.state = moved if len(moved) == 2 else moved[0]
+
+
+@torch.no_grad()
+def evaluate_stream(
+    model: RNNLanguageModel, ids: torch.Tensor, batch_size: int, bptt: int,
+    device: torch.device | str = "cpu",
+) -> tuple[float, int]:
+    """Summed NLL over every target token of ``ids`` (all but the first), and their count.
+
+    The stream is cut into ``batch_size`` contiguous rows read with the state carried; the few
+    targets past the last full row are then read as one more row that continues the last row's
+    state, so no token is dropped and none is counted twice. The model is put in eval mode.
+    """
+    model.eval()
+    batch_size = max(1, min(batch_size, ids.numel() - 1))
+    streams = batchify(ids, batch_size).to(device)  # (B, L + 1)
+    lengths = window_lengths(streams.shape[1] - 1, bptt * 2)  # no gradients: longer windows
+    total, count, state = 0.0, 0, None
+    for inputs, targets in windows(streams, lengths):
+        loss, state = model.nll(inputs, targets, state, reduction="sum")
+        total += float(loss)
+        count += targets.numel()
+    covered = batch_size * (streams.shape[1] - 1)  # targets are ids[1 : covered + 1]
+    tail = ids[covered:].to(device)
+    if tail.numel() > 1:
+        tail_state = select_state(state, slice(batch_size - 1, batch_size))
+        loss, _ = model.nll(tail[None, :-1], tail[None, 1:], tail_state, reduction="sum")
+        total += float(loss)
+        count += tail.numel() - 1
+    return total, count

@@ -1,0 +1,116 @@
+"""From a config to a finished run directory: build the task, then train it."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from rnnlab import __version__
+from rnnlab import checkpoint as ckpt
+from rnnlab.config import RunConfig
+from rnnlab.data.lm_data import load_lm_data
+from rnnlab.errors import RnnlabError
+from rnnlab.models.language_model import RNNLanguageModel
+from rnnlab.runtime import resolve_device, seed_everything, set_threads
+from rnnlab.training.lm_task import LanguageModelTask
+from rnnlab.training.trainer import Callback, Trainer, TrainResult
+
+
+def build_lm_task(config: RunConfig, device: torch.device) -> LanguageModelTask:
+    data = load_lm_data(config.data)
+    model = RNNLanguageModel(config.model, len(data.vocab)).to(device)
+    return LanguageModelTask(model, data, config, device)
+
+
+def _build_classify_task(config: RunConfig, device: torch.device):
+    from rnnlab.training.classify_task import build_classification_task
+
+    return build_classification_task(config, device)
+
+
+BUILDERS: dict[str, Callable] = {"lm": build_lm_task, "classify": _build_classify_task}
+
+
+def save_artifacts(task, run_dir: Path) -> None:
+    """The files besides weights that loading a model needs (vocabulary, label names)."""
+    if hasattr(task, "save_artifacts"):
+        task.save_artifacts(run_dir)
+    else:
+        task.data.vocab.save(run_dir / ckpt.VOCAB)
+
+
+def default_run_dir(config: RunConfig) -> Path:
+    source = config.data.corpus or Path(config.data.text or config.data.train or "text").stem
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.task}-{source}-{config.preset or 'custom'}-{stamp}"
+
+
+def train(config: RunConfig, out: str | Path | None = None, *,
+          callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Train a new run described by ``config`` into ``out`` (default ``runs/<name>``)."""
+    config.validate()
+    run_dir = Path(out) if out else default_run_dir(config)
+    if (run_dir / ckpt.CONFIG).exists():
+        raise RnnlabError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
+    set_threads(config.train.threads)
+    device = resolve_device(config.train.device)
+    seed_everything(config.train.seed)
+    task = BUILDERS[config.task](config, device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.save_config(config, run_dir)
+    save_artifacts(task, run_dir)
+    write_run_info(run_dir, device, task)
+    trainer = Trainer(task, config, run_dir, device, callbacks)
+    return _finish(trainer, trainer.fit())
+
+
+def resume(run_dir: str | Path, overrides: dict | None = None, *,
+           callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Continue a run from its ``last`` checkpoint; ``overrides`` may extend the budget."""
+    run_dir = Path(run_dir)
+    config = ckpt.load_config(run_dir)
+    if overrides:
+        from rnnlab.config import apply_overrides
+
+        apply_overrides(config, overrides, source="--resume")
+        config.validate()
+        ckpt.save_config(config, run_dir)
+    set_threads(config.train.threads)
+    device = resolve_device(config.train.device)
+    seed_everything(config.train.seed)
+    task = BUILDERS[config.task](config, device)
+    trainer = Trainer(task, config, run_dir, device, callbacks)
+    trainer.resume()
+    return _finish(trainer, trainer.fit())
+
+
+def _finish(trainer: Trainer, result: TrainResult) -> TrainResult:
+    info = ckpt.read_json(trainer.run_dir / ckpt.RUN_INFO, default={}) or {}
+    info["summary"] = {
+        "best": result.best, "stop_reason": result.stop_reason, "steps": result.steps,
+        "elapsed": round(result.elapsed, 2),
+    }
+    ckpt.atomic_write_text(trainer.run_dir / ckpt.RUN_INFO, json.dumps(info, indent=2) + "\n")
+    return result
+
+
+def write_run_info(run_dir: Path, device: torch.device, task) -> None:
+    """Versions, device and command line: what is needed to reproduce the run."""
+    info = {
+        "rnnlab": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "command": sys.argv,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "parameters": sum(p.numel() for p in task.model.parameters()),
+    }
+    ckpt.atomic_write_text(run_dir / ckpt.RUN_INFO, json.dumps(info, indent=2) + "\n")

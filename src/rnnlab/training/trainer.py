@@ -1,0 +1,320 @@
+"""The training loop: one Trainer for every task.
+
+The Trainer owns what every run needs: the optimiser and schedule, the budget (epochs, steps,
+minutes), evaluation and the best checkpoint, early stopping, resumable checkpoints, clean
+interruption and guards against non-finite losses. A task (see ``task.py``) supplies batches,
+the loss and its metrics; presentation (progress bar, printing) comes in through callbacks.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rnnlab import checkpoint as ckpt
+from rnnlab.config import RunConfig
+from rnnlab.errors import RnnlabError
+from rnnlab.runtime import rng_state, set_rng_state
+from rnnlab.training.optim import Schedule, make_optimizer, set_lr
+from rnnlab.training.task import Task
+
+TRAINER_FORMAT = 1
+MAX_BAD_STEPS = 5  # non-finite losses in a row before the run gives up
+
+
+class TrainingInterrupted(Exception):
+    """Raised after SIGINT/SIGTERM once the `last` checkpoint is safely written."""
+
+    def __init__(self, run_dir: Path, step: int):
+        super().__init__(f"interrupted at step {step}; resume with: rnnlab train --resume {run_dir}")
+        self.run_dir = run_dir
+        self.step = step
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    stop_reason: str
+    steps: int
+    elapsed: float
+
+
+class Callback:
+    """Hooks for presentation and logging; every method is optional."""
+
+    def on_train_start(self, trainer: Trainer) -> None: ...
+    def on_step(self, trainer: Trainer, loss: float) -> None: ...
+    def on_eval(self, trainer: Trainer, record: dict[str, Any]) -> None: ...
+    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None: ...
+
+
+@dataclass
+class _Running:
+    """Training loss and throughput since the last evaluation."""
+
+    loss_sum: float = 0.0
+    steps: int = 0
+    items: int = 0
+    since: float = field(default_factory=time.monotonic)
+
+
+class Trainer:
+    def __init__(self, task: Task, config: RunConfig, run_dir: str | Path, device: torch.device,
+                 callbacks: Sequence[Callback] = ()):
+        self.task = task
+        self.config = config
+        self.train_config = config.train
+        self.run_dir = Path(run_dir)
+        self.device = device
+        self.callbacks = list(callbacks)
+        self.model = task.model
+        self.optimizer = make_optimizer(self.model, self.train_config, device)
+        self.schedule = Schedule(self.train_config)
+        self.steps_per_epoch = task.steps_per_epoch()
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.elapsed = 0.0  # training seconds, summed over resumes
+        self.best_value: float | None = None
+        self.evals_since_best = 0
+        self.last_eval_step = -1
+        self.lr = self.train_config.lr
+        self.bad_steps = 0
+        self.running = _Running()
+        self._clock_start = time.monotonic()
+        self._elapsed_at_start = 0.0
+        self._stop_signal: int | None = None
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        """Train until the budget ends; returns the metrics and where the run lives."""
+        self._clock_start = time.monotonic()
+        self._elapsed_at_start = self.elapsed
+        self.running = _Running()
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        with self._signals_handled():
+            reason = self._stop_reason()
+            while reason is None:
+                reason = self._run_epoch()
+            if reason == "interrupted":
+                self._save_last()
+                raise TrainingInterrupted(self.run_dir, self.step)
+            if self.last_eval_step != self.step:  # a step or time budget ended mid-epoch
+                self._evaluate()
+        result = TrainResult(self.run_dir, ckpt.read_metrics(self.run_dir), self.best_record(),
+                             reason, self.step, self.elapsed)
+        for cb in self.callbacks:
+            cb.on_train_end(self, result)
+        return result
+
+    def _run_epoch(self) -> str | None:
+        for batch in self.task.batches(self.epoch, self.batch_in_epoch):
+            self._train_step(batch)
+            self.batch_in_epoch += 1
+            epoch_done = self.batch_in_epoch >= self.steps_per_epoch
+            if epoch_done:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+            every = self.train_config.eval_every
+            if epoch_done or (every and self.step % every == 0):
+                self._evaluate()
+            elif self.train_config.checkpoint_every and (
+                    self.step % self.train_config.checkpoint_every == 0):
+                self._save_last()
+            reason = self._stop_reason()
+            if reason or epoch_done:
+                return reason
+        if self.batch_in_epoch == 0 and self.steps_per_epoch == 0:
+            raise RnnlabError("the training data gives no batches")
+        return self._stop_reason()
+
+    def _train_step(self, batch: Any) -> None:
+        self.lr = self.schedule.lr(self.step, self.progress())
+        set_lr(self.optimizer, self.lr)
+        self.model.train()
+        loss, items = self.task.train_loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if self.train_config.clip:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.train_config.clip)
+        else:
+            norm = torch.zeros(())
+        loss_value = float(loss.detach())
+        if not (math.isfinite(loss_value) and bool(torch.isfinite(norm))):
+            self._skip_step()  # never let a NaN/inf reach the weights
+        else:
+            self.bad_steps = 0
+            self.optimizer.step()
+            self.running.loss_sum += loss_value
+            self.running.steps += 1
+        self.running.items += items
+        self.step += 1
+        self.elapsed = self._elapsed_at_start + time.monotonic() - self._clock_start
+        for cb in self.callbacks:
+            cb.on_step(self, loss_value)
+
+    def _skip_step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.bad_steps += 1
+        if self.bad_steps >= MAX_BAD_STEPS:
+            raise RnnlabError(
+                f"the loss or gradients were not finite for {MAX_BAD_STEPS} steps in a row at step "
+                f"{self.step}; the saved checkpoints are untouched. Lower train.lr or train.clip "
+                f"and resume with: rnnlab train --resume {self.run_dir}"
+            )
+
+    # --- budget ------------------------------------------------------------------------------
+
+    def progress(self) -> float:
+        """Fraction of the budget used: the largest of epochs, steps and minutes."""
+        tc = self.train_config
+        fractions = [(self.epoch + self.batch_in_epoch / max(self.steps_per_epoch, 1)) / tc.epochs]
+        if tc.max_steps:
+            fractions.append(self.step / tc.max_steps)
+        if tc.max_minutes:
+            fractions.append(self.elapsed / (60 * tc.max_minutes))
+        return min(1.0, max(fractions))
+
+    def _stop_reason(self) -> str | None:
+        tc = self.train_config
+        if self._stop_signal is not None:
+            return "interrupted"
+        if self.epoch >= tc.epochs:
+            return "epochs"
+        if tc.max_steps and self.step >= tc.max_steps:
+            return "max_steps"
+        if tc.max_minutes and self.elapsed >= 60 * tc.max_minutes:
+            return "max_minutes"
+        if tc.early_stop and self.evals_since_best >= tc.early_stop:
+            return "early_stop"
+        return None
+
+    # --- evaluation and checkpoints ----------------------------------------------------------
+
+    def _evaluate(self) -> dict[str, Any]:
+        started = time.monotonic()
+        metrics = self.task.evaluate("valid")
+        value = metrics[self.task.best_metric]
+        improved = self.best_value is None or (
+            value > self.best_value if self.task.higher_is_better else value < self.best_value)
+        if improved:
+            self.best_value = value
+            self.evals_since_best = 0
+        else:
+            self.evals_since_best += 1
+        running, now = self.running, time.monotonic()
+        record = {
+            "step": self.step,
+            "epoch": round(self.epoch + self.batch_in_epoch / max(self.steps_per_epoch, 1), 4),
+            "elapsed": round(self.elapsed, 2),
+            "split": "valid",
+            **metrics,
+            "train_loss": running.loss_sum / running.steps if running.steps else None,
+            "lr": self.lr,
+            f"{self.task.unit}_per_s": round(running.items / max(now - running.since, 1e-9), 1),
+            "eval_seconds": round(now - started, 2),
+            "best": improved,
+        }
+        if self.schedule.after_eval(improved):
+            record["lr_decayed_to"] = self.schedule.lr(self.step, self.progress())
+        if improved:
+            ckpt.save_weights(self.model, self.run_dir / ckpt.BEST, {"step": str(self.step)})
+        ckpt.append_metrics(self.run_dir, record)
+        self.last_eval_step = self.step
+        self._save_last()
+        for cb in self.callbacks:
+            cb.on_eval(self, record)
+        self.running = _Running()
+        return record
+
+    def best_record(self) -> dict[str, Any] | None:
+        best = [r for r in ckpt.read_metrics(self.run_dir) if r.get("best")]
+        return best[-1] if best else None
+
+    def _save_last(self) -> None:
+        """Write the resumable state: weights first, then ``trainer.pt`` (the commit point)."""
+        weights_name = f"last-{self.step:08d}.safetensors"
+        ckpt.save_weights(self.model, self.run_dir / weights_name, {"step": str(self.step)})
+        ckpt.save_trainer_state(self.state_dict(weights_name), self.run_dir / ckpt.TRAINER)
+        for old in self.run_dir.glob("last-*.safetensors"):
+            if old.name != weights_name:
+                old.unlink(missing_ok=True)
+
+    def state_dict(self, weights_name: str) -> dict[str, Any]:
+        return {
+            "format_version": TRAINER_FORMAT,
+            "weights": weights_name,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "elapsed": self.elapsed,
+            "best_value": self.best_value,
+            "evals_since_best": self.evals_since_best,
+            "last_eval_step": self.last_eval_step,
+            "running": [self.running.loss_sum, self.running.steps, self.running.items],
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "task": self.task.state_dict(),
+            "rng": rng_state(),
+        }
+
+    def resume(self) -> None:
+        """Continue from ``RUN/trainer.pt`` and the weights it names, exactly where it stopped."""
+        state = ckpt.load_trainer_state(self.run_dir / ckpt.TRAINER)
+        if state.get("format_version") != TRAINER_FORMAT:
+            raise RnnlabError(f"{self.run_dir / ckpt.TRAINER} has an unsupported format version")
+        try:
+            ckpt.load_weights(self.model, self.run_dir / state["weights"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])
+            self.task.load_state_dict(state["task"])
+            self.step, self.epoch = state["step"], state["epoch"]
+            self.batch_in_epoch = state["batch_in_epoch"]
+            self.elapsed = state["elapsed"]
+            self.best_value, self.evals_since_best = state["best_value"], state["evals_since_best"]
+            self.last_eval_step = state["last_eval_step"]
+            loss_sum, steps, items = state["running"]
+            self.running = _Running(loss_sum, steps, items)
+            set_rng_state(state["rng"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise RnnlabError(f"{self.run_dir / ckpt.TRAINER} is incomplete or does not match "
+                              f"this run ({type(exc).__name__}: {exc})") from None
+
+    # --- signals -----------------------------------------------------------------------------
+
+    def _signals_handled(self):
+        trainer = self
+
+        class _Handler:
+            def __enter__(self):
+                self.previous = {}
+                if threading.current_thread() is not threading.main_thread():
+                    return self
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    self.previous[signum] = signal.signal(signum, self.handle)
+                return self
+
+            def handle(self, signum, frame):
+                if trainer._stop_signal is not None:  # a second Ctrl-C: stop right now
+                    raise KeyboardInterrupt
+                trainer._stop_signal = signum
+
+            def __exit__(self, *exc):
+                for signum, handler in self.previous.items():
+                    signal.signal(signum, handler)
+                return False
+
+        return _Handler()
