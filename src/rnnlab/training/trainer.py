@@ -121,7 +121,7 @@ class Trainer:
 
     def _run_epoch(self) -> str | None:
         for batch in self.task.batches(self.epoch, self.batch_in_epoch):
-            self._train_step(batch)
+            self.train_step(batch)
             self.batch_in_epoch += 1
             epoch_done = self.batch_in_epoch >= self.steps_per_epoch
             if epoch_done:
@@ -140,7 +140,8 @@ class Trainer:
             raise RnnlabError("the training data gives no batches")
         return self._stop_reason()
 
-    def _train_step(self, batch: Any) -> None:
+    def train_step(self, batch: Any) -> None:
+        """One optimisation step on ``batch`` (skipped if the loss or gradients are not finite)."""
         self.lr = self.schedule.lr(self.step, self.progress())
         set_lr(self.optimizer, self.lr)
         self.model.train()
