@@ -20,7 +20,6 @@ import time
 import torch
 
 from rnnlab.config import resolve_config
-from rnnlab.data.batching import batchify, window_lengths, windows
 from rnnlab.data.lm_data import LMData
 from rnnlab.data.vocab import Vocab
 from rnnlab.generation import SampleConfig, generate_ids

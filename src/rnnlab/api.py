@@ -37,7 +37,8 @@ class LanguageModel:
         self.run_dir = run_dir
 
     @classmethod
-    def load(cls, run_dir: str | Path, *, device: str = "cpu", weights: str = "best") -> LanguageModel:
+    def load(cls, run_dir: str | Path, *, device: str = "cpu",
+             weights: str = "best") -> LanguageModel:
         """Load ``RUN/model.safetensors`` (``weights="best"``) or the latest ``last`` checkpoint."""
         run_dir = Path(run_dir)
         config = ckpt.load_config(run_dir)

@@ -39,6 +39,7 @@ VOCAB = "vocab.json"
 BEST = "model.safetensors"
 TRAINER = "trainer.pt"
 METRICS = "metrics.jsonl"
+TRAIN_LOG = "train_log.jsonl"
 RUN_INFO = "run.json"
 
 
@@ -100,7 +101,8 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+def save_weights(model: nn.Module, path: str | Path,
+                 metadata: dict[str, str] | None = None) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -201,9 +203,9 @@ def read_json(path: str | Path, default: Any = None) -> Any:
         raise RnnlabError(f"{path} is corrupted (not valid JSON)") from None
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of ``metrics.jsonl``; a torn last line (a crash mid-write) is ignored."""
-    path = Path(run_dir) / METRICS
+def read_metrics(run_dir: str | Path, name: str = METRICS) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl`` (or another log); a torn line from a crash is ignored."""
+    path = Path(run_dir) / name
     if not path.exists():
         return []
     records = []
@@ -215,8 +217,9 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
-    with open(Path(run_dir) / METRICS, "a", encoding="utf-8") as handle:
+def append_metrics(run_dir: str | Path, record: dict[str, Any], name: str = METRICS) -> None:
+    """Append one JSON line (flushed and fsynced: a crash loses at most the line being written)."""
+    with open(Path(run_dir) / name, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
         handle.flush()
         os.fsync(handle.fileno())

@@ -121,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-dir")
     data.set_defaults(func=cmd_data)
 
+    plot = sub.add_parser("plot", help="draw learning curves of one or more runs into a PNG")
+    plot.add_argument("runs", nargs="+", metavar="RUN")
+    plot.add_argument("--out", help="PNG path (default: RUN/curves.png for one run, else "
+                                    "curves.png)")
+    plot.set_defaults(func=cmd_plot)
+
+    runs = sub.add_parser("runs", help="list the runs under a folder")
+    runs.add_argument("folder", nargs="?", default="runs")
+    runs.add_argument("--json", action="store_true")
+    runs.set_defaults(func=cmd_runs)
+
     presets = sub.add_parser("presets", help="list the named recipes")
     presets.add_argument("name", nargs="?", help="show one preset in full")
     presets.set_defaults(func=cmd_presets)
@@ -267,6 +278,29 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for i, text in enumerate(texts):
         print(f"--- sample {i + 1}")
         print(args.prime + (joiner if args.prime else "") + text)
+    return 0
+
+
+# --- plot / runs -------------------------------------------------------------------------------
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from rnnlab.reports import plot_runs
+
+    out = args.out or (Path(args.runs[0]) / "curves.png" if len(args.runs) == 1 else "curves.png")
+    print(f"wrote {plot_runs(args.runs, out)}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from rnnlab.reports import format_runs, list_runs
+
+    rows = list_runs(args.folder)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        print(format_runs(rows) if rows else f"no runs under {args.folder}")
     return 0
 
 

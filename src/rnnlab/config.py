@@ -139,6 +139,7 @@ class TrainConfig:
     eval_every: int = 0  # steps between evaluations; 0: once per epoch
     early_stop: int = 0  # stop after this many evaluations without improvement; 0: never
     checkpoint_every: int = 0  # steps between `last` checkpoints besides each evaluation; 0: off
+    log_every: int = 50  # steps between lines of train_log.jsonl (learning curves); 0: off
     seed: int = 1234
     threads: int = 0  # 0: PyTorch's default
     device: str = "auto"
@@ -151,7 +152,7 @@ class TrainConfig:
         _positive("train.lr", self.lr)
         _positive("train.epochs", self.epochs)
         for name in ("weight_decay", "momentum", "clip", "max_steps", "max_minutes", "eval_every",
-                     "early_stop", "checkpoint_every", "threads", "patience", "warmup_steps",
+                     "early_stop", "checkpoint_every", "log_every", "threads", "patience", "warmup_steps",
                      "min_lr"):
             if getattr(self, name) < 0:
                 raise RnnlabError(f"train.{name} must be >= 0, got {getattr(self, name)}")

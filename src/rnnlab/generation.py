@@ -35,7 +35,8 @@ class SampleConfig:
 
     def validate(self) -> SampleConfig:
         if self.max_tokens <= 0:
-            raise RnnlabError(f"the number of tokens to generate must be positive, got {self.max_tokens}")
+            raise RnnlabError(
+                f"the number of tokens to generate must be positive, got {self.max_tokens}")
         if self.temperature < 0:
             raise RnnlabError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:

@@ -61,8 +61,10 @@ def encode(vocab: Vocab, tokens: list[str]) -> tuple[torch.Tensor, int]:
     """Ids of ``tokens`` and how many of them were unknown."""
     ids = torch.tensor(vocab.encode(tokens), dtype=torch.long)
     unk = vocab.unk_id
-    unknown = int((ids == unk).sum()) - sum(t == vocab.unk for t in tokens) if unk is not None else 0
-    return ids, unknown
+    if unk is None:
+        return ids, 0
+    # tokens spelled like the unknown symbol itself (PTB's "<unk>") were not unknown to us
+    return ids, int((ids == unk).sum()) - sum(t == vocab.unk for t in tokens)
 
 
 def _split_texts(config: DataConfig) -> dict[str, str]:

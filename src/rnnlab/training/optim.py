@@ -10,7 +10,8 @@ from torch import nn
 from rnnlab.config import TrainConfig
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: TrainConfig,
+                   device: torch.device) -> torch.optim.Optimizer:
     """Adam, AdamW or SGD over the model's parameters (tied weights appear once).
 
     On CPU and CUDA the fused Adam kernels are used: on this kind of model the default

@@ -34,7 +34,8 @@ class TrainingInterrupted(Exception):
     """Raised after SIGINT/SIGTERM once the `last` checkpoint is safely written."""
 
     def __init__(self, run_dir: Path, step: int):
-        super().__init__(f"interrupted at step {step}; resume with: rnnlab train --resume {run_dir}")
+        super().__init__(
+            f"interrupted at step {step}; resume with: rnnlab train --resume {run_dir}")
         self.run_dir = run_dir
         self.step = step
 
@@ -94,6 +95,7 @@ class Trainer:
         self._clock_start = time.monotonic()
         self._elapsed_at_start = 0.0
         self._stop_signal: int | None = None
+        self._log_mark = (time.monotonic(), 0)  # (time, running items) of the last train-log line
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -164,8 +166,22 @@ class Trainer:
         self.running.items += items
         self.step += 1
         self.elapsed = self._elapsed_at_start + time.monotonic() - self._clock_start
+        if self.train_config.log_every and self.step % self.train_config.log_every == 0:
+            self._log_train(loss_value)
         for cb in self.callbacks:
             cb.on_step(self, loss_value)
+
+    def _log_train(self, loss: float) -> None:
+        """A learning-curve point in ``train_log.jsonl`` (evaluations go to metrics.jsonl)."""
+        now, items = time.monotonic(), self.running.items
+        since, items_before = self._log_mark
+        if items < items_before or since < self.running.since:  # an evaluation reset the count
+            since, items_before = self.running.since, 0
+        self._log_mark = (now, items)
+        ckpt.append_metrics(self.run_dir, {
+            "step": self.step, "elapsed": round(self.elapsed, 2), "loss": loss, "lr": self.lr,
+            f"{self.task.unit}_per_s": round((items - items_before) / max(now - since, 1e-9), 1),
+        }, name=ckpt.TRAIN_LOG)
 
     def _skip_step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
