@@ -152,8 +152,8 @@ class TrainConfig:
         _positive("train.lr", self.lr)
         _positive("train.epochs", self.epochs)
         for name in ("weight_decay", "momentum", "clip", "max_steps", "max_minutes", "eval_every",
-                     "early_stop", "checkpoint_every", "log_every", "threads", "patience", "warmup_steps",
-                     "min_lr"):
+                     "early_stop", "checkpoint_every", "log_every", "threads", "patience",
+                     "warmup_steps", "min_lr"):
             if getattr(self, name) < 0:
                 raise RnnlabError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.lr_decay <= 1:

@@ -24,8 +24,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise RnnlabError(f"unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RnnlabError(f"device '{name}' requested but CUDA is not available")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise RnnlabError(f"device '{name}' requested but only {torch.cuda.device_count()} GPU(s) exist")
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and device.index is not None and device.index >= count:
+        raise RnnlabError(f"device '{name}' requested but only {count} GPU(s) exist")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise RnnlabError("device 'mps' requested but MPS is not available")
     return device

@@ -1,0 +1,242 @@
+"""RNNLanguageModel: every cell, both output layers, carried state, tied weights, perplexity."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from rnnlab.config import CELLS, ModelConfig, TrainConfig
+from rnnlab.models.cells import State
+from rnnlab.models.language_model import RNNLanguageModel
+from rnnlab.training.lm_task import evaluate_stream
+from rnnlab.training.metrics import lm_metrics, perplexity
+from rnnlab.training.optim import make_optimizer
+
+V = 37  # vocabulary size of the hand-made models
+B, T = 3, 9
+
+
+def _model(seed: int = 0, vocab: int = V, **fields: Any) -> RNNLanguageModel:
+    fields = {"embedding_dim": 12, "hidden_size": 12, "num_layers": 2, "dropout": 0.0,
+              "tie_weights": False, **fields}
+    config = ModelConfig(**fields)
+    config.validate()
+    torch.manual_seed(seed)
+    return RNNLanguageModel(config, vocab)
+
+
+def _tokens(shape: tuple[int, ...], seed: int = 1, vocab: int = V) -> torch.Tensor:
+    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _state_shapes(state: State) -> list[tuple[int, ...]]:
+    parts = state if isinstance(state, tuple) else (state,)
+    return [tuple(s.shape) for s in parts]
+
+
+def _as_tuple(state: State) -> tuple[torch.Tensor, ...]:
+    return state if isinstance(state, tuple) else (state,)
+
+
+# --- every cell --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_every_cell_builds_runs_forward_and_nll_with_state_shapes_of_init_state(cell: str) -> None:
+    model = _model(cell=cell).eval()
+    tokens, targets = _tokens((B, T)), _tokens((B, T), seed=2)
+    logits, state = model(tokens)
+    assert logits.shape == (B, T, V)
+    assert torch.isfinite(logits).all()
+    # The state a forward pass returns has exactly the layout init_state promises, so a zero state
+    # can stand in for "no state" anywhere.
+    assert _state_shapes(state) == _state_shapes(model.init_state(B))
+    assert isinstance(state, tuple) == (cell == "lstm")
+    loss, state2 = model.nll(tokens, targets, model.init_state(B))
+    assert loss.shape == () and math.isfinite(loss.item())
+    assert _state_shapes(state2) == _state_shapes(state)
+    # A zero state is the same as no state.
+    logits0, _ = model(tokens, model.init_state(B))
+    torch.testing.assert_close(logits0, logits, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_nll_gradients_reach_every_parameter(cell: str) -> None:
+    model = _model(cell=cell).train()
+    loss, _ = model.nll(_tokens((B, T)), _tokens((B, T), seed=2))
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not missing
+
+
+# --- output layers -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("output", ["softmax", "adaptive"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_nll_equals_cross_entropy_of_forward_logits(output: str, reduction: str) -> None:
+    # cutoffs below the vocabulary size: the adaptive softmax has a head and two tail clusters.
+    model = _model(output=output, cutoffs=[5, 20], hidden_size=32).eval()
+    if output == "adaptive":
+        assert model.adaptive is not None and model.decoder is None
+    tokens, targets = _tokens((B, T)), _tokens((B, T), seed=2)
+    logits, _ = model(tokens)
+    by_hand = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(),
+                                          reduction=reduction)
+    loss, _ = model.nll(tokens, targets, reduction=reduction)
+    torch.testing.assert_close(loss, by_hand, rtol=1e-5, atol=1e-5)
+
+
+def test_adaptive_logits_are_normalised_log_probabilities() -> None:
+    model = _model(output="adaptive", cutoffs=[5, 20], hidden_size=32).eval()
+    logits, _ = model(_tokens((B, T)))
+    torch.testing.assert_close(logits.exp().sum(-1), torch.ones(B, T), rtol=0, atol=1e-5)
+
+
+def test_adaptive_with_no_usable_cutoff_falls_back_to_a_full_softmax() -> None:
+    model = _model(output="adaptive", cutoffs=[2000])  # every cutoff is beyond the vocabulary
+    assert model.adaptive is None and model.decoder is not None
+
+
+def test_onehot_input_runs_and_matches_nll() -> None:
+    model = _model(input="onehot", embedding_dim=5).eval()
+    assert model.embedding is None
+    assert model.rnn.input_size == V  # the recurrent stack reads the one-hot vectors directly
+    tokens, targets = _tokens((B, T)), _tokens((B, T), seed=2)
+    logits, _ = model(tokens)
+    assert logits.shape == (B, T, V)
+    loss, _ = model.nll(tokens, targets)
+    by_hand = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    torch.testing.assert_close(loss, by_hand, rtol=1e-5, atol=1e-6)
+
+
+# --- carried state -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_two_chunks_with_carried_state_equal_one_pass(cell: str) -> None:
+    model = _model(cell=cell).eval()
+    tokens = _tokens((B, 2 * T))
+    full, full_state = model(tokens)
+    first, state = model(tokens[:, :T])
+    second, state = model(tokens[:, T:], state)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), full, rtol=0, atol=1e-5)
+    for a, b in zip(_as_tuple(state), _as_tuple(full_state), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    # The same holds for nll (summed so the two halves add up).
+    targets = _tokens((B, 2 * T), seed=3)
+    total, _ = model.nll(tokens, targets, reduction="sum")
+    a, s = model.nll(tokens[:, :T], targets[:, :T], reduction="sum")
+    b, _ = model.nll(tokens[:, T:], targets[:, T:], s, reduction="sum")
+    torch.testing.assert_close(a + b, total, rtol=1e-5, atol=1e-4)
+
+
+def test_eval_mode_is_deterministic_and_train_mode_applies_dropout() -> None:
+    model = _model(dropout=0.5, embedding_dropout=0.2)
+    tokens = _tokens((B, T))
+    model.eval()
+    assert torch.equal(model(tokens)[0], model(tokens)[0])
+    model.train()
+    torch.manual_seed(0)
+    a = model(tokens)[0]
+    torch.manual_seed(1)
+    b = model(tokens)[0]
+    assert not torch.equal(a, b)
+
+
+# --- tied weights --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("embedding_dim", "hidden_size"), [(16, 16), (8, 24)])
+def test_tied_weights_share_storage(embedding_dim: int, hidden_size: int) -> None:
+    model = _model(embedding_dim=embedding_dim, hidden_size=hidden_size, tie_weights=True)
+    assert model.decoder.weight is model.embedding.weight
+    assert model.decoder.weight.data_ptr() == model.embedding.weight.data_ptr()
+    # A projection bridges the sizes only when they differ.
+    assert (model.projection is not None) == (embedding_dim != hidden_size)
+    if model.projection is not None:
+        assert model.projection.weight.shape == (embedding_dim, hidden_size)
+    # The shared matrix is one parameter: counted once and optimised once.
+    names = [n for n, _ in model.named_parameters()]
+    assert "embedding.weight" in names and "decoder.weight" not in names
+    optimizer = make_optimizer(model, TrainConfig(), torch.device("cpu"))
+    params = optimizer.param_groups[0]["params"]
+    assert len({id(p) for p in params}) == len(params) == len(list(model.parameters()))
+    # After a training step the two still are one tensor.
+    loss, _ = model.nll(_tokens((B, T)), _tokens((B, T), seed=2))
+    loss.backward()
+    optimizer.step()
+    assert model.decoder.weight is model.embedding.weight
+    logits, _ = model.eval()(_tokens((B, T)))
+    assert logits.shape == (B, T, V)
+
+
+def test_untied_weights_do_not_share_storage() -> None:
+    model = _model(embedding_dim=16, hidden_size=16, tie_weights=False)
+    assert model.decoder.weight is not model.embedding.weight
+    assert model.decoder.weight.data_ptr() != model.embedding.weight.data_ptr()
+    assert model.projection is None
+    tied = _model(embedding_dim=16, hidden_size=16, tie_weights=True)
+    assert tied.num_parameters() == model.num_parameters() - V * 16
+
+
+# --- perplexity ----------------------------------------------------------------------------
+
+
+def _nll_by_hand(model: RNNLanguageModel, ids: torch.Tensor) -> list[float]:
+    """Per-target NLL of ``ids[1:]``: one token at a time from a zero state, batch size 1."""
+    out, state = [], None
+    with torch.no_grad():
+        for t in range(ids.numel() - 1):
+            logits, state = model(ids[t].view(1, 1), state)
+            out.append(-float(logits[0, 0].log_softmax(-1)[ids[t + 1]]))
+    return out
+
+
+@pytest.mark.parametrize("output", ["softmax", "adaptive"])
+def test_perplexity_is_exp_of_mean_nll_computed_by_hand(output: str) -> None:
+    model = _model(output=output, cutoffs=[5, 20], hidden_size=32, cell="gru").eval()
+    n = 53  # 52 targets: batch 3 leaves a one-target tail, batch 7 a three-target tail
+    ids = _tokens((n,), seed=5)
+    per_token = _nll_by_hand(model, ids)
+    assert len(per_token) == n - 1
+    for batch_size in (1, 3, 7):
+        total, count = evaluate_stream(model, ids, batch_size, bptt=4)
+        assert count == n - 1, f"batch {batch_size} must count every target exactly once"
+        # Batch size B reads B contiguous rows of L targets, each from a zero state; the tail
+        # past B * L continues the last row. So the sum is a plain loop over those segments.
+        length = (n - 1) // batch_size
+        starts = [b * length for b in range(batch_size)] + [n - 1]
+        expected = sum(
+            sum(_nll_by_hand(model, ids[start : end + 1]))
+            for start, end in zip(starts[:-1], starts[1:], strict=True)
+        )
+        assert total == pytest.approx(expected, rel=1e-5)
+        if batch_size == 1:  # one stream: exactly the whole-sequence loop
+            assert total == pytest.approx(sum(per_token), rel=1e-5)
+            metrics = lm_metrics(total, count)
+            mean = sum(per_token) / len(per_token)
+            assert metrics["loss"] == pytest.approx(mean, rel=1e-5)
+            assert metrics["ppl"] == pytest.approx(math.exp(mean), rel=1e-5)
+            assert metrics["bits"] == pytest.approx(mean / math.log(2), rel=1e-5)
+            assert metrics["tokens"] == n - 1
+
+
+def test_evaluate_stream_clamps_batch_size_to_the_stream() -> None:
+    model = _model().eval()
+    ids = _tokens((4,))
+    total, count = evaluate_stream(model, ids, batch_size=10, bptt=35)
+    # Three targets allow at most three streams, each one target long from a zero state.
+    assert count == 3
+    expected = sum(sum(_nll_by_hand(model, ids[i : i + 2])) for i in range(3))
+    assert total == pytest.approx(expected, rel=1e-5)
+
+
+def test_perplexity_caps_overflow() -> None:
+    assert perplexity(0.0) == 1.0
+    assert perplexity(math.log(42.0)) == pytest.approx(42.0)
+    assert perplexity(10_000.0) == float("inf")
