@@ -20,7 +20,7 @@ import time
 import torch
 
 from rnnlab.config import resolve_config
-from rnnlab.data.lm_data import LMData
+from rnnlab.data.lm_data import LMData, load_lm_data
 from rnnlab.data.vocab import Vocab
 from rnnlab.generation import SampleConfig, generate_ids
 from rnnlab.models.language_model import RNNLanguageModel
@@ -46,17 +46,29 @@ def matmul_flops_per_s(device: torch.device, size: int = 2048, repeats: int = 10
     return best
 
 
-def forward_flops_per_token(model: RNNLanguageModel) -> float:
-    """2 x (recurrent matmuls + output matmuls) per token, as the issue counts them."""
+def forward_flops_per_token(model: RNNLanguageModel, targets: torch.Tensor) -> float:
+    """2 x (recurrent matmuls + output matmuls) per token, as the issue counts them.
+
+    With an adaptive softmax the head runs for every token but each tail cluster only for the
+    targets that fall in it, so its cost is weighted by the share of ``targets`` in the cluster.
+    """
     c = model.config
     gates = GATES[c.cell]
     input_size = model.vocab_size if c.input == "onehot" else c.embedding_dim
     recurrent = sum(gates * c.hidden_size * ((input_size if layer == 0 else c.hidden_size)
                                              + c.hidden_size) for layer in range(c.num_layers))
-    out_size = c.embedding_dim if model.projection is not None else c.hidden_size
-    output = out_size * model.vocab_size
-    if model.projection is not None:
-        output += c.hidden_size * c.embedding_dim
+    output = c.hidden_size * c.embedding_dim if model.projection is not None else 0
+    if model.adaptive is None:
+        output += model.decoder.in_features * model.vocab_size
+    else:
+        asm = model.adaptive
+        output += asm.in_features * asm.head_size
+        for i, tail in enumerate(asm.tail):
+            low, high = asm.cutoffs[i], asm.cutoffs[i + 1]
+            share = float(((targets >= low) & (targets < high)).float().mean())
+            projection, classifier = tail[0], tail[1]
+            output += share * (projection.in_features * projection.out_features
+                               + classifier.in_features * classifier.out_features)
     return 2.0 * (recurrent + output)
 
 
@@ -103,16 +115,22 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--data-dir", help="read real PTB from here instead of Zipfian ids")
     args = parser.parse_args()
     set_threads(args.threads)
     device = resolve_device(args.device)
     overrides = dict(item.split("=", 1) for item in args.set)
     config = resolve_config(preset=args.preset, overrides={"data.corpus": "ptb", **overrides})
-    generator = torch.Generator().manual_seed(0)
-    vocab = Vocab([f"w{i}" for i in range(args.vocab_size - 2)] + ["<unk>", "<eos>"])
-    needed = (args.steps + 3) * config.data.bptt * 2 * config.data.batch_size
-    data = LMData(vocab, {"train": zipf_ids(needed, len(vocab), generator),
-                          "valid": zipf_ids(100_000, len(vocab), generator)})
+    if args.data_dir:
+        config.data.data_dir = args.data_dir
+        data = load_lm_data(config.data)
+        vocab = data.vocab
+    else:
+        generator = torch.Generator().manual_seed(0)
+        vocab = Vocab([f"w{i}" for i in range(args.vocab_size - 2)] + ["<unk>", "<eos>"])
+        needed = (args.steps + 3) * config.data.bptt * 2 * config.data.batch_size
+        data = LMData(vocab, {"train": zipf_ids(needed, len(vocab), generator),
+                              "valid": zipf_ids(100_000, len(vocab), generator)})
     torch.manual_seed(0)
     model = RNNLanguageModel(config.model, len(vocab)).to(device)
     task = LanguageModelTask(model, data, config, device)
@@ -126,13 +144,15 @@ def main() -> None:
                                device)
     eval_tps = count / (time.perf_counter() - start)
     peak = matmul_flops_per_s(device)
-    flops = forward_flops_per_token(model)
+    flops = forward_flops_per_token(model, data.splits["train"])
     result = {
         "preset": args.preset,
         "device": str(device),
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
+        "data": "ptb" if args.data_dir else "zipfian ids",
         "vocab_size": len(vocab),
+        "output": config.model.output,
         "batch_size": config.data.batch_size,
         "bptt": config.data.bptt,
         "eval_batch_size": config.data.eval_batch_size,
