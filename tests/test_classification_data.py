@@ -30,6 +30,7 @@ from rnnlab.data.classification import (
     tokenize,
 )
 from rnnlab.data.corpora import get_corpus
+from rnnlab.data.download import sha256_of
 from rnnlab.errors import RnnlabError
 
 # --- tokenizer -------------------------------------------------------------------------------
@@ -63,6 +64,15 @@ def test_read_csv_with_quoted_multiline_text(tmp_path):
     assert ex.texts == ["Good, very\ngood", "Bad"]
     assert ex.labels == ["pos", "neg"]
     assert ex.lines == [3, 4]
+
+
+def test_byte_order_mark_is_ignored(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes("text,label\nhi,a\n".encode("utf-8-sig"))
+    assert read_examples(path).texts == ["hi"]
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes('{"text": "hi", "label": 1}\n'.encode("utf-8-sig"))
+    assert read_examples(path).labels == ["1"]
 
 
 def test_read_tsv_is_unquoted(tmp_path):
@@ -136,8 +146,10 @@ def test_one_class_and_unknown_labels_are_errors():
         check_labels(train, label_names(train.labels), [])
     train = Examples(["a", "b"], ["pos", "neg"], [2, 3], "train.csv")
     test = Examples(["c"], ["meh"], [7], "test.csv")
-    with pytest.raises(RnnlabError, match="test.csv, line 7: label 'meh' never occurs"):
+    with pytest.raises(RnnlabError, match="test.csv, line 7: label 'meh' is not one of"):
         check_labels(train, ["neg", "pos"], [test])
+    with pytest.raises(RnnlabError, match="train.csv, line 3: label 'neg' is not one of"):
+        check_labels(train, ["pos", "other"], [])  # labels saved by an earlier run
 
 
 # --- IMDB ------------------------------------------------------------------------------------
@@ -221,6 +233,18 @@ def test_imdb_files_downloads_converts_once_and_deletes_the_archive(tmp_path, mo
     assert not (root / "imdb" / "aclImdb_v1.tar.gz").exists()
     imdb_files(root)
     assert len(calls) == 1  # present files are not fetched again
+
+
+def test_imdb_archive_placed_by_hand_is_checked_and_used(tmp_path, monkeypatch):
+    folder = tmp_path / "imdb"
+    folder.mkdir()
+    archive = _fake_aclimdb(folder / cls.IMDB_ARCHIVE)
+    monkeypatch.setattr(cls, "download", None)  # must not be called
+    with pytest.raises(RnnlabError, match="does not match the expected sha256"):
+        imdb_files(tmp_path)
+    monkeypatch.setattr(cls, "IMDB_SHA256", sha256_of(archive))
+    assert len(_records(imdb_files(tmp_path)["test"])) == 2
+    assert not archive.exists()
 
 
 def test_imdb_files_missing_without_download(tmp_path):

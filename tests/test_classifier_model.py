@@ -14,6 +14,15 @@ from rnnlab.models.classifier import RNNClassifier
 VOCAB = 40
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds sync cost, badly so on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _model(cell="lstm", bidirectional=True, pooling="last", layers=2, **kw) -> RNNClassifier:
     config = ModelConfig(cell=cell, embedding_dim=8, hidden_size=6, num_layers=layers,
                          bidirectional=bidirectional, pooling=pooling, dropout=0.3, **kw)

@@ -11,7 +11,7 @@ The public API::
 
 __version__ = "0.1.0"
 
-from rnnlab.api import LanguageModel  # noqa: E402
+from rnnlab.api import LanguageModel, TextClassifier  # noqa: E402
 from rnnlab.config import (  # noqa: E402
     DataConfig,
     ModelConfig,
@@ -25,5 +25,5 @@ from rnnlab.training.runner import resume, train  # noqa: E402
 
 __all__ = [
     "DataConfig", "LanguageModel", "ModelConfig", "RnnlabError", "RunConfig", "SampleConfig",
-    "TrainConfig", "__version__", "resolve_config", "resume", "train",
+    "TextClassifier", "TrainConfig", "__version__", "resolve_config", "resume", "train",
 ]

@@ -147,3 +147,54 @@ def _weights_path(run_dir: Path, which: str) -> Path:
         state = ckpt.load_trainer_state(run_dir / ckpt.TRAINER)
         return run_dir / state["weights"]
     raise RnnlabError(f"weights must be 'best' or 'last', got {which!r}")
+
+
+class TextClassifier:
+    """A trained recurrent text classifier with its vocabulary and label names.
+
+    >>> clf = TextClassifier.load("runs/imdb")                     # doctest: +SKIP
+    >>> clf.predict(["a moving film", "dull and too long"])        # doctest: +SKIP
+    [{'label': 'pos', 'probs': {...}}, {'label': 'neg', 'probs': {...}}]
+    """
+
+    def __init__(self, model, vocab: Vocab, label_names: list[str], config: RunConfig,
+                 run_dir: Path | None = None):
+        self.model = model.eval()
+        self.vocab = vocab
+        self.label_names = label_names
+        self.config = config
+        self.run_dir = run_dir
+
+    @classmethod
+    def load(cls, run_dir: str | Path, *, device: str = "cpu",
+             weights: str = "best") -> TextClassifier:
+        from rnnlab.models.classifier import RNNClassifier
+        from rnnlab.training.classify_task import load_artifacts
+
+        run_dir = Path(run_dir)
+        config = ckpt.load_config(run_dir)
+        if config.task != "classify":
+            raise RnnlabError(f"{run_dir} holds a {config.task} run, not a classifier")
+        vocab, labels = load_artifacts(run_dir)
+        model = RNNClassifier(config.model, len(vocab), len(labels))
+        ckpt.load_weights(model, _weights_path(run_dir, weights))
+        return cls(model.to(resolve_device(device)), vocab, labels, config, run_dir)
+
+    def predict(self, texts: list[str], batch_size: int = 64) -> list[dict[str, Any]]:
+        """``[{"label": name, "probs": {name: p}}]`` for each text, in order (batched)."""
+        from rnnlab.training.classify_task import predict_texts
+
+        return predict_texts(self.model, self.vocab, self.label_names, texts,
+                             self.config.data.max_length, batch_size)
+
+    def evaluate(self, split: str = "test", data_dir: str | None = None) -> dict[str, Any]:
+        """Accuracy, loss, per-class precision/recall/F1 and the confusion matrix on a split."""
+        from rnnlab.training.classify_task import build_classification_task
+
+        if data_dir:
+            self.config.data.data_dir = data_dir
+        device = next(self.model.parameters()).device
+        task = build_classification_task(self.config, device, vocab=self.vocab,
+                                          label_names=self.label_names, splits=[split])
+        task.model = self.model
+        return task.report(split)

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--seed", type=int)
     budget.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     budget.add_argument("--threads", type=int)
+    budget.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                        help="autocast precision of training steps (default fp32; fp16 on CUDA "
+                             "only, bf16 where the GPU or CPU has it natively, else fp32)")
     budget.add_argument("--out", help="run directory (default runs/<task>-<data>-<preset>-<time>)")
     budget.add_argument("--resume", metavar="RUN", help="continue a run from its last checkpoint")
     budget.add_argument("--samples", type=int, default=3,
@@ -114,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="char level: drop prime characters outside the vocabulary")
     generate.add_argument("--device", default="cpu")
     generate.set_defaults(func=cmd_generate)
+
+    predict = sub.add_parser("predict", help="label new texts with a trained classifier")
+    predict.add_argument("run")
+    predict.add_argument("texts", nargs="*", metavar="TEXT")
+    predict.add_argument("--file", help="one text per line, or JSONL with a \"text\" field")
+    predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--device", default="cpu")
+    predict.set_defaults(func=cmd_predict)
 
     data = sub.add_parser("data", help="known corpora: list, download, path")
     data.add_argument("action", choices=["list", "download", "path"])
@@ -155,18 +166,21 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "data.level": args.level, "data.data_dir": args.data_dir, "train.epochs": args.epochs,
         "train.max_steps": args.max_steps, "train.max_minutes": args.max_minutes,
         "train.seed": args.seed, "train.device": args.device, "train.threads": args.threads,
+        "train.precision": args.precision,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
     return values
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from rnnlab import distributed
     from rnnlab.config import resolve_config
     from rnnlab.training import runner
     from rnnlab.training.callbacks import PrintEvaluations, ProgressBar
     from rnnlab.training.trainer import TrainingInterrupted
 
     overrides = train_overrides(args)
+    main = distributed.is_main()  # under torchrun, rank 0 alone prints
     bar = ProgressBar()
     callbacks = [bar] if bar.enabled else [PrintEvaluations()]
     try:
@@ -179,13 +193,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             config = resolve_config(preset=args.preset, config_file=args.config,
                                     overrides=overrides)
-            print(f"run: {args.out or '(default)'} | task {config.task} | preset {config.preset} "
-                  f"| data {config.data.corpus or config.data.text or config.data.train}",
-                  file=sys.stderr)
+            if main:
+                print(f"run: {args.out or '(default)'} | task {config.task} | preset "
+                      f"{config.preset} | data "
+                      f"{config.data.corpus or config.data.text or config.data.train}")
             result = runner.train(config, args.out, callbacks=callbacks)
     except TrainingInterrupted as exc:
-        print(f"rnnlab: {exc}", file=sys.stderr)
+        if main:
+            print(f"rnnlab: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if not main:
+        return 0
     print(f"run directory: {result.run_dir}")
     print(f"stopped: {result.stop_reason} after {result.steps} steps, "
           f"{result.elapsed:.1f} s of training")
@@ -233,9 +251,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rnnlab import checkpoint as ckpt
 
     config = ckpt.load_config(args.run)
-    if config.task != "lm":
-        from rnnlab.classify_cli import evaluate_classifier
-
+    if config.task == "classify":
         return evaluate_classifier(args)
     from rnnlab.api import LanguageModel
     from rnnlab.data.text import read_text
@@ -257,6 +273,77 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if "unknown" in metrics:
         print(f"unknown {unit}s mapped to {lm.vocab.unk}: {metrics['unknown']:,}")
     return 0
+
+
+def evaluate_classifier(args: argparse.Namespace) -> int:
+    """Accuracy, loss, per-class precision/recall/F1, confusion matrix (and its PNG)."""
+    from rnnlab.api import TextClassifier
+    from rnnlab.reports import plot_confusion
+
+    if args.text:
+        raise RnnlabError("--text scores language models; for a classifier give a labelled "
+                          "file as --test when training, or use `rnnlab predict`")
+    clf = TextClassifier.load(args.run, device=args.device, weights=args.weights)
+    report = clf.evaluate(args.split, args.data_dir)
+    png = None
+    try:
+        png = plot_confusion(report, Path(args.run) / f"confusion-{args.split}.png")
+    except RnnlabError:
+        pass  # matplotlib is optional
+    if args.json:
+        print(json.dumps({"run": str(args.run), "split": args.split, **report}))
+        return 0
+    print(f"{args.split} split: {report['examples']:,} examples | accuracy "
+          f"{report['accuracy']:.4f} | loss {report['loss']:.4f} | "
+          f"macro F1 {report['macro_f1']:.4f}")
+    width = max(len(n) for n in report["labels"]) + 2
+    print(f"{'class':{width}} precision  recall     f1  support")
+    for name in report["labels"]:
+        row = report["per_class"][name]
+        print(f"{name:{width}} {row['precision']:9.4f} {row['recall']:7.4f} {row['f1']:6.4f} "
+              f"{row['support']:8d}")
+    print("confusion matrix (rows = true, columns = predicted):")
+    print(" " * width + " ".join(f"{n:>8}" for n in report["labels"]))
+    for name, row in zip(report["labels"], report["confusion"], strict=True):
+        print(f"{name:{width}}" + " ".join(f"{v:8d}" for v in row))
+    if png:
+        print(f"wrote {png}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from rnnlab.api import TextClassifier
+
+    texts = list(args.texts)
+    if args.file:
+        texts += read_predict_file(args.file)
+    if not texts:
+        raise RnnlabError("nothing to classify: give texts as arguments or --file F")
+    clf = TextClassifier.load(args.run, device=args.device)
+    for text, result in zip(texts, clf.predict(texts, args.batch_size), strict=True):
+        probs = {name: round(float(p), 6) for name, p in result["probs"].items()}
+        print(json.dumps({"text": text, "label": result["label"], "probs": probs},
+                         ensure_ascii=False))
+    return 0
+
+
+def read_predict_file(path: str) -> list[str]:
+    """One text per line, or JSON lines with a "text" field (a .jsonl file)."""
+    from rnnlab.data.text import read_text
+
+    lines = [line for line in read_text(path).splitlines() if line.strip()]
+    if not path.endswith((".jsonl", ".ndjson")):
+        return lines
+    texts = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise RnnlabError(f"{path}:{number} is not valid JSON") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise RnnlabError(f"{path}:{number} has no \"text\" field")
+        texts.append(record["text"])
+    return texts
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -310,7 +397,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from rnnlab.data.corpora import CORPORA, corpus_files, data_dir, get_corpus
 
-    _register_optional_corpora()
     if args.action == "list":
         root = data_dir(args.data_dir)
         for name, corpus in sorted(CORPORA.items()):
@@ -328,15 +414,6 @@ def cmd_data(args: argparse.Namespace) -> int:
     for split, path in corpus_files(args.name, args.data_dir, verify=True).items():
         print(f"{split}: {path} (sha256 verified)")
     return 0
-
-
-def _register_optional_corpora() -> None:
-    """Importing these modules registers their known corpora."""
-    for module in ("rnnlab.data.char_corpora", "rnnlab.data.classification"):
-        try:
-            __import__(module)
-        except ImportError:
-            pass
 
 
 def cmd_presets(args: argparse.Namespace) -> int:

@@ -72,6 +72,37 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
     return out
 
 
+def plot_confusion(report: dict[str, Any], out: str | Path) -> Path:
+    """The confusion matrix of a classification report as a PNG (rows: true classes)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RnnlabError("plotting needs matplotlib: pip install 'rnnlab[plot]'") from None
+    names, matrix = report["labels"], report["confusion"]
+    size = 1.2 + 0.6 * len(names)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    peak = max(max(row) for row in matrix) or 1
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            ax.text(j, i, str(value), ha="center", va="center",
+                    color="white" if value > peak / 2 else "black")
+    ax.set_title(f"accuracy {report['accuracy']:.4f}")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def list_runs(folder: str | Path) -> list[dict[str, Any]]:
     """One row per run directory under ``folder`` (recursively): task, data, best, steps, size."""
     folder = Path(folder)

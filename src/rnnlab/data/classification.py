@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from rnnlab.data.corpora import Corpus, RemoteFile, corpus_files, data_dir, register
-from rnnlab.data.download import download
+from rnnlab.data.download import download, sha256_of
 from rnnlab.data.vocab import PAD, UNK, Vocab
 from rnnlab.errors import RnnlabError
 
@@ -103,11 +103,13 @@ def read_examples(
                     raise RnnlabError(f"{path}, line {line}: field '{text_field}' is not a string")
                 if not text.strip():
                     raise RnnlabError(f"{path}, line {line}: the text is empty")
-                texts.append(text.removeprefix("\ufeff"))
+                texts.append(text)
                 labels.append(rename.get(label, label) if rename else label)
                 lines.append(line)
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise RnnlabError(f"{path} is not a readable gzip file ({exc})") from None
+    except OSError as exc:
+        raise RnnlabError(f"cannot read {path} ({exc.strerror or exc})") from None
     if not texts:
         raise RnnlabError(f"{path} contains no examples (the file is empty)")
     return Examples(texts, labels, lines, str(path))
@@ -134,12 +136,13 @@ def _decoded_lines(handle: io.BufferedIOBase, path: Path) -> Iterator[tuple[int,
         if b"\x00" in raw:
             raise RnnlabError(f"{path}, line {number} contains NUL bytes: is this a text file?")
         try:
-            yield number, raw.decode("utf-8")
+            line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise RnnlabError(
                 f"{path}, line {number} is not valid UTF-8 (byte {exc.start} of the line); "
                 "convert the file, e.g. iconv -t utf-8"
             ) from None
+        yield number, line.removeprefix("\ufeff") if number == 1 else line
 
 
 def _json_records(lines: Iterator[tuple[int, str]], path: Path, fmt: str
@@ -214,26 +217,28 @@ def label_names(labels: Sequence[str]) -> list[str]:
 
 
 def check_labels(train: Examples, names: Sequence[str], others: Sequence[Examples]) -> None:
-    """At least two classes in training, and no label elsewhere that training lacks."""
-    if len(names) < 2:
-        only = f" ('{names[0]}')" if names else ""
+    """At least two classes in training, and no label anywhere outside ``names``."""
+    present = sorted(set(train.labels))
+    if len(present) < 2:
+        only = f" ('{present[0]}')" if present else ""
         raise RnnlabError(
             f"{train.source}: the training data has only one class{only}; a classifier needs "
             "at least 2 (check data.label_field)"
         )
     known = set(names)
-    for examples in others:
+    for examples in (train, *others):
         for label, line in zip(examples.labels, examples.lines, strict=True):
             if label not in known:
                 raise RnnlabError(
-                    f"{examples.source}, line {line}: label '{label}' never occurs in the "
-                    f"training data (labels: {', '.join(names)})"
+                    f"{examples.source}, line {line}: label '{label}' is not one of the classes "
+                    f"of the training data ({', '.join(names)})"
                 )
 
 
 # --- IMDB ------------------------------------------------------------------------------------
 
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
+IMDB_ARCHIVE = "aclImdb_v1.tar.gz"
 IMDB_SHA256 = "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"
 IMDB_LABELS = {"0": "neg", "1": "pos"}  # label 1 = positive review (rating >= 7)
 IMDB_SPLITS = ("train", "test", "unsup")
@@ -251,6 +256,7 @@ register(Corpus(
     "IMDB movie reviews (Maas et al., 2011): 25k train / 25k test, pos vs neg, + 50k unlabelled",
     tuple(RemoteFile(split, f"imdb/{split}.jsonl.gz", IMDB_URL, _IMDB_FILE_SHA256[split])
           for split in IMDB_SPLITS),
+    prepare=lambda base: prepare_imdb(base),
 ))
 
 
@@ -270,11 +276,20 @@ def imdb_files(
 
 
 def prepare_imdb(base: str | Path) -> None:
-    """Download the IMDB archive into ``base/imdb`` and convert it to the three JSONL files."""
+    """Convert ``base/imdb/aclImdb_v1.tar.gz`` (downloaded unless already there, sha256-checked
+    either way) into the three JSONL files, then delete the archive."""
     folder = Path(base) / "imdb"
-    archive = download(IMDB_URL, folder / "aclImdb_v1.tar.gz", IMDB_SHA256)
+    archive = folder / IMDB_ARCHIVE
+    if archive.exists():  # placed by hand, as the download error suggests when offline
+        if sha256_of(archive) != IMDB_SHA256:
+            raise RnnlabError(
+                f"{archive} does not match the expected sha256 {IMDB_SHA256}; delete it to "
+                f"download it again from {IMDB_URL}"
+            )
+    else:
+        download(IMDB_URL, archive, IMDB_SHA256)
     convert_aclimdb(archive, folder)
-    archive.unlink()
+    archive.unlink()  # the three files hold everything the tasks use
 
 
 def convert_aclimdb(archive: str | Path, out_dir: str | Path) -> dict[str, Path]:

