@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from rnnlab import distributed
 from rnnlab.config import RunConfig
 from rnnlab.data.batching import batchify, window_lengths, windows
 from rnnlab.data.lm_data import LMData
@@ -34,6 +35,17 @@ class LanguageModelTask:
         self.device = device
         self.streams = batchify(data.splits["train"], config.data.batch_size).to(device)
         self.state: State | None = None
+        self.rows = slice(None)  # this rank's streams of the global batch (all of them alone)
+
+    def shard(self, rank: int, world: int) -> None:
+        """Train on rows ``[r*B/W, (r+1)*B/W)`` of the global batch of ``B`` streams only.
+
+        Every rank batchifies the whole text identically, so the shares are disjoint and together
+        are exactly the one-process batch; the hidden state carried per row stays with its rank.
+        """
+        self.rows = distributed.equal_rows(self.config.data.batch_size, rank, world,
+                                           "data.batch_size")
+        self.streams = self.streams[self.rows].clone()  # clone: free the other ranks' rows
 
     def _lengths(self, epoch: int) -> list[int]:
         generator = torch.Generator().manual_seed(self.config.train.seed * 1000 + epoch)
@@ -67,14 +79,16 @@ class LanguageModelTask:
         if self.state is None:
             return {}
         state = self.state if isinstance(self.state, tuple) else (self.state,)
-        return {"hidden": [s.cpu() for s in state]}
+        # The state of the whole global batch (a collective: every rank calls this), so that a
+        # checkpoint does not depend on how many processes wrote it.
+        return {"hidden": [distributed.gather_rows(s, dim=1).cpu() for s in state]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         hidden = state.get("hidden")
         if not hidden:
             self.state = None
             return
-        moved = tuple(s.to(self.device) for s in hidden)
+        moved = tuple(s[:, self.rows].to(self.device) for s in hidden)  # (layers, B, H) saved
         self.state = moved if len(moved) == 2 else moved[0]
 
 

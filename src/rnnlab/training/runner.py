@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
-from rnnlab import __version__
+from rnnlab import __version__, distributed
 from rnnlab import checkpoint as ckpt
 from rnnlab.config import RunConfig
 from rnnlab.data.lm_data import load_lm_data
 from rnnlab.errors import RnnlabError
 from rnnlab.models.language_model import RNNLanguageModel
-from rnnlab.runtime import resolve_device, seed_everything, set_threads
+from rnnlab.runtime import seed_everything, set_threads
 from rnnlab.training.lm_task import LanguageModelTask
 from rnnlab.training.trainer import Callback, Trainer, TrainResult
 
@@ -56,18 +56,27 @@ def train(config: RunConfig, out: str | Path | None = None, *,
     """Train a new run described by ``config`` into ``out`` (default ``runs/<name>``)."""
     config.validate()
     run_dir = Path(out) if out else default_run_dir(config)
-    if (run_dir / ckpt.CONFIG).exists():
-        raise RnnlabError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
     set_threads(config.train.threads)
-    device = resolve_device(config.train.device)
-    seed_everything(config.train.seed)
-    task = BUILDERS[config.task](config, device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.save_config(config, run_dir)
-    save_artifacts(task, run_dir)
-    write_run_info(run_dir, device, task)
-    trainer = Trainer(task, config, run_dir, device, callbacks)
-    return _finish(trainer, trainer.fit())
+    # Under torchrun every rank runs this function; rank 0 alone checks, writes and prints.
+    with distributed.session(config.train.device) as device:
+        # Rank 0's answers for all: the default name has a time stamp that may differ by a
+        # second between ranks, and another rank could look after rank 0 wrote config.json.
+        name, taken = distributed.broadcast_object((str(run_dir),
+                                                    (run_dir / ckpt.CONFIG).exists()))
+        run_dir = Path(name)
+        if taken:
+            raise RnnlabError(
+                f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
+        seed_everything(config.train.seed)
+        with distributed.main_first():  # rank 0 fills any data cache before the others read it
+            task = BUILDERS[config.task](config, device)
+        if distributed.is_main():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.save_config(config, run_dir)
+            save_artifacts(task, run_dir)
+            write_run_info(run_dir, device, task)
+        trainer = Trainer(task, config, run_dir, device, callbacks)
+        return _finish(trainer, trainer.fit())
 
 
 def resume(run_dir: str | Path, overrides: dict | None = None, *,
@@ -80,17 +89,22 @@ def resume(run_dir: str | Path, overrides: dict | None = None, *,
 
         apply_overrides(config, overrides, source="--resume")
         config.validate()
-        ckpt.save_config(config, run_dir)
+        if distributed.is_main():
+            ckpt.save_config(config, run_dir)
     set_threads(config.train.threads)
-    device = resolve_device(config.train.device)
-    seed_everything(config.train.seed)
-    task = BUILDERS[config.task](config, device)
-    trainer = Trainer(task, config, run_dir, device, callbacks)
-    trainer.resume()
-    return _finish(trainer, trainer.fit())
+    # Any number of ranks may resume a run: its checkpoint holds the global batch's state.
+    with distributed.session(config.train.device) as device:
+        seed_everything(config.train.seed)
+        with distributed.main_first():
+            task = BUILDERS[config.task](config, device)
+        trainer = Trainer(task, config, run_dir, device, callbacks)
+        trainer.resume()
+        return _finish(trainer, trainer.fit())
 
 
 def _finish(trainer: Trainer, result: TrainResult) -> TrainResult:
+    if not trainer.is_main:
+        return result
     info = ckpt.read_json(trainer.run_dir / ckpt.RUN_INFO, default={}) or {}
     info["summary"] = {
         "best": result.best, "stop_reason": result.stop_reason, "steps": result.steps,
@@ -108,6 +122,7 @@ def write_run_info(run_dir: Path, device: torch.device, task) -> None:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": str(device),
+        "processes": distributed.world_size(),  # data-parallel ranks (torchrun), 1 otherwise
         "threads": torch.get_num_threads(),
         "command": sys.argv,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -20,14 +20,16 @@ from typing import Any
 import torch
 
 from rnnlab import checkpoint as ckpt
+from rnnlab import distributed
 from rnnlab.config import RunConfig
 from rnnlab.errors import RnnlabError
-from rnnlab.runtime import rng_state, set_rng_state
+from rnnlab.runtime import autocast, autocast_dtype, pin_batch, rng_state, set_rng_state
 from rnnlab.training.optim import Schedule, make_optimizer, set_lr
 from rnnlab.training.task import Task
 
 TRAINER_FORMAT = 1
 MAX_BAD_STEPS = 5  # non-finite losses in a row before the run gives up
+_END = object()  # marks the end of an epoch's batches
 
 
 class TrainingInterrupted(Exception):
@@ -77,8 +79,17 @@ class Trainer:
         self.train_config = config.train
         self.run_dir = Path(run_dir)
         self.device = device
-        self.callbacks = list(callbacks)
-        self.model = task.model
+        self.world_size = distributed.world_size()
+        self.rank = distributed.rank()
+        self.is_main = distributed.is_main()  # only rank 0 writes files and presents progress
+        self.callbacks = list(callbacks) if self.is_main else []
+        self.model = task.model  # the plain module: evaluated and saved
+        self._slice_batches = self.world_size > 1 and not hasattr(task, "shard")
+        if self.world_size > 1 and hasattr(task, "shard"):
+            task.shard(self.rank, self.world_size)  # the task yields this rank's rows itself
+        self.loss_fn = distributed.wrap_loss(task, device)  # DDP when there are several ranks
+        self.amp_dtype = autocast_dtype(config.train.precision, device, warn=self.is_main)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.optimizer = make_optimizer(self.model, self.train_config, device)
         self.schedule = Schedule(self.train_config)
         self.steps_per_epoch = task.steps_per_epoch()
@@ -95,6 +106,7 @@ class Trainer:
         self._clock_start = time.monotonic()
         self._elapsed_at_start = 0.0
         self._stop_signal: int | None = None
+        self._stop_agreed = False  # under DDP: some rank caught a signal (known to all ranks)
         self._log_mark = (time.monotonic(), 0)  # (time, running items) of the last train-log line
 
     # --- the loop ----------------------------------------------------------------------------
@@ -103,7 +115,10 @@ class Trainer:
         """Train until the budget ends; returns the metrics and where the run lives."""
         self._clock_start = time.monotonic()
         self._elapsed_at_start = self.elapsed
-        self.running = _Running()
+        # Keep the training loss summed since the last evaluation (restored by a resume), but
+        # restart the throughput count: items before a resume took an unknown time.
+        self.running = _Running(self.running.loss_sum, self.running.steps)
+        distributed.seed_rank(self.train_config.seed, self.step)
         for cb in self.callbacks:
             cb.on_train_start(self)
         with self._signals_handled():
@@ -122,10 +137,19 @@ class Trainer:
         return result
 
     def _run_epoch(self) -> str | None:
-        for batch in self.task.batches(self.epoch, self.batch_in_epoch):
+        # An epoch ends when the task's batches run out, not after steps_per_epoch batches: with
+        # variable BPTT every epoch has its own number of windows (steps_per_epoch is epoch 0's),
+        # and counting would skip the last windows of a longer epoch or wait forever for those
+        # of a shorter one. One batch is read ahead to know which one is the last.
+        batches = iter(self.task.batches(self.epoch, self.batch_in_epoch))
+        batch = next(batches, _END)
+        if batch is _END and self.batch_in_epoch == 0:
+            raise RnnlabError("the training data gives no batches")
+        while batch is not _END:
             self.train_step(batch)
             self.batch_in_epoch += 1
-            epoch_done = self.batch_in_epoch >= self.steps_per_epoch
+            batch = next(batches, _END)
+            epoch_done = batch is _END
             if epoch_done:
                 self.epoch += 1
                 self.batch_in_epoch = 0
@@ -138,41 +162,90 @@ class Trainer:
             reason = self._stop_reason()
             if reason or epoch_done:
                 return reason
-        if self.batch_in_epoch == 0 and self.steps_per_epoch == 0:
-            raise RnnlabError("the training data gives no batches")
+        # Resumed at the very end of an epoch's batches: that epoch is over.
+        self.epoch += 1
+        self.batch_in_epoch = 0
         return self._stop_reason()
 
     def train_step(self, batch: Any) -> None:
-        """One optimisation step on ``batch`` (skipped if the loss or gradients are not finite)."""
+        """One optimisation step on ``batch`` (skipped if the loss or gradients are not finite).
+
+        Under DDP ``batch`` is the global batch and this rank trains on its share; every decision
+        (skip, stop, learning rate) is taken from values that are identical on all ranks.
+        """
         self.lr = self.schedule.lr(self.step, self.progress())
         set_lr(self.optimizer, self.lr)
         self.model.train()
-        loss, items = self.task.train_loss(batch)
+        batch, weight = self._local_batch(batch)
+        with autocast(self.device, self.amp_dtype):
+            loss, items = self.loss_fn(batch)  # through DDP's forward, which arms the all-reduce
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaled = loss * weight if weight != 1.0 else loss
+        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         if self.train_config.clip:
             norm = torch.nn.utils.clip_grad_norm_(params, self.train_config.clip)
         else:
             norm = torch.zeros(())
-        loss_value = float(loss.detach())
-        if not (math.isfinite(loss_value) and bool(torch.isfinite(norm))):
+        loss_value, items = self._reduce(loss.detach(), weight, items)
+        # A gradient scaler skips steps with inf/NaN gradients itself and lowers its scale; while
+        # it calibrates such steps are expected, so only a non-finite loss counts against the run.
+        grads_finite = self.scaler is not None or bool(torch.isfinite(norm))
+        if not (math.isfinite(loss_value) and grads_finite):
             self._skip_step()  # never let a NaN/inf reach the weights
         else:
             self.bad_steps = 0
-            self.optimizer.step()
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+            else:
+                self.optimizer.step()
             self.running.loss_sum += loss_value
             self.running.steps += 1
+        if self.scaler:
+            self.scaler.update()
         self.running.items += items
         self.step += 1
-        self.elapsed = self._elapsed_at_start + time.monotonic() - self._clock_start
         if self.train_config.log_every and self.step % self.train_config.log_every == 0:
             self._log_train(loss_value)
         for cb in self.callbacks:
             cb.on_step(self, loss_value)
 
+    def _local_batch(self, batch: Any) -> tuple[Any, float]:
+        """This rank's share of ``batch`` and its loss weight; pinned when it goes to a GPU."""
+        weight = 1.0
+        if self._slice_batches:
+            batch, weight = distributed.local_batch(batch, self.rank, self.world_size)
+        if self.device.type == "cuda":
+            batch = pin_batch(batch)  # host tensors only: the task's .to(non_blocking) is async
+        return batch, weight
+
+    def _reduce(self, loss: torch.Tensor, weight: float, items: int) -> tuple[float, int]:
+        """The global batch's mean loss and item count; also updates ``self.elapsed``.
+
+        One process: the loss is read (the step's one host sync, also what a CUDA run pays). Under
+        DDP one all-reduce per step makes every input of a decision identical on all ranks: the
+        loss (mean of the ranks' weighted means), rank 0's clock (time budgets and schedules
+        would otherwise split the ranks) and whether any rank caught SIGINT/SIGTERM.
+        """
+        elapsed = self._elapsed_at_start + time.monotonic() - self._clock_start
+        if self.world_size == 1:
+            self.elapsed = elapsed
+            return float(loss), items
+        local = torch.tensor(
+            [0.0, items if weight > 0 else 0, self._stop_signal is not None,
+             elapsed if self.is_main else 0.0], dtype=torch.float64, device=loss.device)
+        local[0] = loss.double() * weight
+        totals = distributed.all_reduce_sum(local).tolist()
+        self.elapsed = totals[3]
+        self._stop_agreed = totals[2] > 0
+        return totals[0] / self.world_size, int(totals[1])
+
     def _log_train(self, loss: float) -> None:
         """A learning-curve point in ``train_log.jsonl`` (evaluations go to metrics.jsonl)."""
+        if not self.is_main:
+            return
         now, items = time.monotonic(), self.running.items
         since, items_before = self._log_mark
         if items < items_before or since < self.running.since:  # an evaluation reset the count
@@ -207,7 +280,7 @@ class Trainer:
 
     def _stop_reason(self) -> str | None:
         tc = self.train_config
-        if self._stop_signal is not None:
+        if self._stop_agreed or (self.world_size == 1 and self._stop_signal is not None):
             return "interrupted"
         if self.epoch >= tc.epochs:
             return "epochs"
@@ -223,7 +296,8 @@ class Trainer:
 
     def _evaluate(self) -> dict[str, Any]:
         started = time.monotonic()
-        metrics = self.task.evaluate("valid")
+        # Every rank evaluates (so none waits long in a collective); rank 0's result decides.
+        metrics = distributed.broadcast_object(self.task.evaluate("valid"))
         value = metrics[self.task.best_metric]
         improved = self.best_value is None or (
             value > self.best_value if self.task.higher_is_better else value < self.best_value)
@@ -247,14 +321,17 @@ class Trainer:
         }
         if self.schedule.after_eval(improved):
             record["lr_decayed_to"] = self.schedule.lr(self.step, self.progress())
-        if improved:
-            ckpt.save_weights(self.model, self.run_dir / ckpt.BEST, {"step": str(self.step)})
-        ckpt.append_metrics(self.run_dir, record)
+        if self.is_main:
+            if improved:
+                ckpt.save_weights(self.model, self.run_dir / ckpt.BEST, {"step": str(self.step)})
+            ckpt.append_metrics(self.run_dir, record)
         self.last_eval_step = self.step
+        # Reset before the checkpoint: the record holds these losses, and a resume from this
+        # checkpoint must not count them again in the next record's train_loss.
+        self.running = _Running()
         self._save_last()
         for cb in self.callbacks:
             cb.on_eval(self, record)
-        self.running = _Running()
         return record
 
     def best_record(self) -> dict[str, Any] | None:
@@ -264,8 +341,11 @@ class Trainer:
     def _save_last(self) -> None:
         """Write the resumable state: weights first, then ``trainer.pt`` (the commit point)."""
         weights_name = f"last-{self.step:08d}.safetensors"
+        state = self.state_dict(weights_name)  # on every rank: the task may gather across ranks
+        if not self.is_main:
+            return
         ckpt.save_weights(self.model, self.run_dir / weights_name, {"step": str(self.step)})
-        ckpt.save_trainer_state(self.state_dict(weights_name), self.run_dir / ckpt.TRAINER)
+        ckpt.save_trainer_state(state, self.run_dir / ckpt.TRAINER)
         for old in self.run_dir.glob("last-*.safetensors"):
             if old.name != weights_name:
                 old.unlink(missing_ok=True)
@@ -286,6 +366,7 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "task": self.task.state_dict(),
             "rng": rng_state(),
+            "scaler": self.scaler.state_dict() if self.scaler else {},
         }
 
     def resume(self) -> None:
@@ -306,6 +387,8 @@ class Trainer:
             loss_sum, steps, items = state["running"]
             self.running = _Running(loss_sum, steps, items)
             set_rng_state(state["rng"])
+            if self.scaler and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
         except (KeyError, ValueError, TypeError, RuntimeError) as exc:
             raise RnnlabError(f"{self.run_dir / ckpt.TRAINER} is incomplete or does not match "
                               f"this run ({type(exc).__name__}: {exc})") from None

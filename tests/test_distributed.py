@@ -1,0 +1,241 @@
+"""Data-parallel training: torchrun with 2 CPU processes (gloo) equals one process.
+
+The end-to-end test launches ``python -m torch.distributed.run --nproc_per_node=2 -m rnnlab
+train`` on 127.0.0.1, then checks the run against a one-process run of the same global batch:
+the weights and carried hidden state agree to float rounding, rank 0 alone wrote the run
+directory, and one process resumes the two-process run as if it had never been split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import rnnlab
+from rnnlab import checkpoint as ckpt
+from rnnlab import distributed
+from rnnlab.errors import RnnlabError
+from rnnlab.runtime import autocast_dtype, cpu_has_native_bf16
+from rnnlab.training import runner
+from rnnlab.training.trainer import Trainer
+
+STEPS = 6  # the first leg; resuming runs to 2 * STEPS
+EVAL_EVERY = 3
+# No dropout (each rank would draw its own masks); an adaptive softmax so that some parameters
+# go unused on some steps, the case where DDP must look for them.
+SETTINGS: dict[str, Any] = {
+    "data.corpus": "synthetic", "data.synthetic_tokens": 20_000, "data.batch_size": 8,
+    "data.bptt": 10, "data.eval_batch_size": 4,
+    "model.cell": "lstm", "model.embedding_dim": 16, "model.hidden_size": 32,
+    "model.num_layers": 1, "model.dropout": 0.0, "model.tie_weights": False,
+    "model.output": "adaptive", "model.cutoffs": "20,100",
+    "train.lr": 3e-3, "train.schedule": "constant", "train.warmup_steps": 0, "train.epochs": 1,
+    "train.eval_every": EVAL_EVERY, "train.log_every": 2, "train.device": "cpu",
+    "train.threads": 1, "train.seed": 7,
+}
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """Runs in this process set one thread; give the other tests back their count."""
+    previous = torch.get_num_threads()
+    yield
+    torch.set_num_threads(previous)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _torchrun(out: Path, *args: str) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=2 -m rnnlab train ...`` on this machine only."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if sys.platform.startswith("linux"):
+        env["GLOO_SOCKET_IFNAME"] = "lo"  # keep gloo's traffic on the loopback interface
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+        "-m", "rnnlab", "train", "--out", str(out), "--samples", "0", *args,
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / f"last-{step:08d}.safetensors")
+
+
+def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5, msg=name)
+
+
+def _hidden(run_dir: Path) -> list[torch.Tensor]:
+    return ckpt.load_trainer_state(run_dir / ckpt.TRAINER)["task"]["hidden"]
+
+
+def test_two_ranks_equal_one_process_and_one_process_resumes(tmp_path: Path) -> None:
+    # The reference: one process, global batch 8, STEPS steps, then resumed to 2 * STEPS.
+    config = rnnlab.resolve_config(preset="synthetic",
+                                   overrides={**SETTINGS, "train.max_steps": STEPS})
+    rnnlab.train(config, tmp_path / "one")
+    first_leg = _weights(tmp_path / "one", STEPS)
+    first_hidden = _hidden(tmp_path / "one")
+    rnnlab.resume(tmp_path / "one", {"train.max_steps": 2 * STEPS})
+
+    # (a) two ranks with 4 rows each follow the one-process run.
+    sets = [f"--set={key}={value}" for key, value in SETTINGS.items()]
+    done = _torchrun(tmp_path / "two", *sets, f"--max-steps={STEPS}")
+    _assert_close(_weights(tmp_path / "two", STEPS), first_leg)
+    for mine, reference in zip(_hidden(tmp_path / "two"), first_hidden, strict=True):
+        assert mine.shape == reference.shape == (1, 8, 32)  # gathered: the whole global batch
+        torch.testing.assert_close(mine, reference, rtol=0, atol=1e-5)
+
+    # (b) rank 0 alone wrote and printed.
+    names = sorted(p.name for p in (tmp_path / "two").iterdir())
+    assert names == sorted([ckpt.CONFIG, ckpt.VOCAB, ckpt.BEST, ckpt.TRAINER, ckpt.METRICS,
+                            ckpt.TRAIN_LOG, ckpt.RUN_INFO, f"last-{STEPS:08d}.safetensors"])
+    metrics = ckpt.read_metrics(tmp_path / "two")
+    assert [r["step"] for r in metrics] == list(range(EVAL_EVERY, STEPS + 1, EVAL_EVERY))
+    reference_metrics = ckpt.read_metrics(tmp_path / "one")[: len(metrics)]
+    for mine, reference in zip(metrics, reference_metrics, strict=True):
+        assert mine["loss"] == pytest.approx(reference["loss"], abs=1e-5)
+        assert mine["best"] == reference["best"]
+    log = ckpt.read_metrics(tmp_path / "two", ckpt.TRAIN_LOG)
+    assert [r["step"] for r in log] == list(range(2, STEPS + 1, 2))
+    assert json.loads((tmp_path / "two" / ckpt.RUN_INFO).read_text())["processes"] == 2
+    lines = (done.stdout + "\n" + done.stderr).splitlines()
+    assert sum(line.startswith("run directory:") for line in lines) == 1
+    assert sum(line.startswith("run: ") for line in lines) == 1
+
+    # (c) one process resumes the two-process run exactly where the pair would have gone.
+    rnnlab.resume(tmp_path / "two", {"train.max_steps": 2 * STEPS})
+    _assert_close(_weights(tmp_path / "two", 2 * STEPS), _weights(tmp_path / "one", 2 * STEPS))
+
+
+# --- the pieces, in one process ----------------------------------------------------------------
+
+
+def test_one_process_helpers_are_identities() -> None:
+    assert not distributed.is_distributed()
+    assert (distributed.world_size(), distributed.rank(), distributed.is_main()) == (1, 0, True)
+    x = torch.arange(6.0).view(1, 6, 1)
+    assert distributed.all_reduce_sum(x.clone()).equal(x)
+    assert distributed.gather_rows(x, dim=1).equal(x)
+    assert distributed.broadcast_object({"a": 1}) == {"a": 1}
+
+
+def test_row_slices_cover_every_row_once() -> None:
+    for total in (1, 5, 8, 13):
+        for world in (1, 2, 3, 8):
+            rows = [i for r in range(world)
+                    for i in range(total)[distributed.row_slice(total, r, world)]]
+            assert rows == list(range(total))
+    assert distributed.row_slice(8, 1, 2) == slice(4, 8)
+    with pytest.raises(RnnlabError, match="multiple of 3"):
+        distributed.equal_rows(8, 0, 3, "data.batch_size")
+
+
+@dataclass
+class _Batch:
+    tokens: torch.Tensor  # (B, T)
+    labels: torch.Tensor  # (B,)
+
+
+@pytest.mark.parametrize("total, world", [(8, 2), (5, 2), (7, 3), (3, 4)])
+def test_weighted_shares_average_to_the_full_batch_mean(total: int, world: int) -> None:
+    values = torch.randn(total, dtype=torch.float64)
+    batch = _Batch(torch.arange(total * 2).view(total, 2), values)
+    average = 0.0
+    for r in range(world):
+        local, weight = distributed.local_batch(batch, r, world)
+        assert local.tokens.shape[0] == local.labels.shape[0] >= 1
+        average += weight * float(local.labels.mean()) / world  # what DDP's averaging computes
+    assert average == pytest.approx(float(values.mean()), abs=1e-12)
+
+
+def test_batch_without_one_row_count_is_refused() -> None:
+    with pytest.raises(RnnlabError, match="shard"):
+        distributed.local_batch((torch.zeros(4, 3), torch.zeros(5)), 0, 2)
+
+
+def test_language_model_task_takes_its_rows(tmp_path: Path) -> None:
+    config = rnnlab.resolve_config(preset="synthetic", overrides=SETTINGS)
+    task = runner.build_lm_task(config, torch.device("cpu"))
+    full = task.streams.clone()
+    with pytest.raises(RnnlabError, match="data.batch_size = 8"):
+        task.shard(0, 3)
+    task.shard(1, 2)
+    assert task.streams.equal(full[4:8])
+    # A checkpoint holds the whole batch's state; each rank keeps its rows on resume.
+    hidden = [torch.arange(8.0).view(1, 8, 1).expand(1, 8, 32), torch.zeros(1, 8, 32)]
+    task.load_state_dict({"hidden": hidden})
+    assert task.state[0][0, :, 0].tolist() == [4.0, 5.0, 6.0, 7.0]
+
+
+# --- precision ---------------------------------------------------------------------------------
+
+
+def test_precision_on_this_cpu() -> None:
+    cpu = torch.device("cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert autocast_dtype("fp32", cpu) is None
+    with pytest.warns(UserWarning, match="fp16 is supported on CUDA"):
+        assert autocast_dtype("fp16", cpu) is None
+    if cpu_has_native_bf16():
+        assert autocast_dtype("bf16", cpu) == torch.bfloat16
+    else:
+        with pytest.warns(UserWarning, match="no native bf16"):
+            assert autocast_dtype("bf16", cpu) is None
+
+
+def test_bf16_request_on_a_cpu_without_it_trains_in_fp32(tmp_path: Path) -> None:
+    if cpu_has_native_bf16():
+        pytest.skip("this CPU has native bf16")
+    overrides = {**SETTINGS, "train.max_steps": 2, "train.precision": "bf16"}
+    with pytest.warns(UserWarning, match="training in fp32"):
+        result = rnnlab.train(rnnlab.resolve_config(preset="synthetic", overrides=overrides),
+                              tmp_path / "bf16")
+    assert result.steps == 2
+
+
+
+def test_gradient_scaler_skips_overflowing_steps_without_failing(tmp_path: Path) -> None:
+    """The fp16 path (a GradScaler) on the CPU: GPU runs are rare, this logic is not GPU-bound."""
+    config = rnnlab.resolve_config(preset="synthetic",
+                                   overrides={**SETTINGS, "train.max_steps": 8})
+    torch.set_num_threads(1)  # as the runner would (train.threads); restored by the fixture
+    task = runner.build_lm_task(config, torch.device("cpu"))
+    (tmp_path / "run").mkdir()
+    trainer = Trainer(task, config, tmp_path / "run", torch.device("cpu"))
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    calls = {"n": 0}
+
+    def overflow_six_times(grad: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return grad * float("inf") if calls["n"] <= 6 else grad
+
+    task.model.rnn.weight_hh_l0.register_hook(overflow_six_times)
+    result = trainer.fit()  # 6 inf-gradient steps in a row: not MAX_BAD_STEPS failures
+    assert result.steps == 8 and trainer.bad_steps == 0
+    assert trainer.scaler.get_scale() == 1024.0 / 2**6  # halved once per overflow
+    adam_steps = {float(s["step"]) for s in trainer.optimizer.state.values()}
+    assert adam_steps == {2.0}  # only the two finite steps moved the weights
+    saved = ckpt.load_trainer_state(tmp_path / "run" / ckpt.TRAINER)
+    assert saved["scaler"]["scale"] == 1024.0 / 2**6
