@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 import rnnlab
-from rnnlab.training.trainer import TrainResult
+from rnnlab.training.trainer import Callback, TrainResult
 
 # Small enough that a run of a few dozen steps takes a second or two on 2 shared CPU cores.
 TINY_MODEL: dict[str, Any] = {
@@ -33,6 +34,7 @@ TINY_TRAIN: dict[str, Any] = {
     "train.warmup_steps": 0,
     "train.device": "cpu",
     "train.seed": 7,
+    "train.threads": 1,  # see one_thread below
 }
 
 _SUBJECTS = ["the cat", "a dog", "the old man", "my friend", "the bird", "a child"]
@@ -54,17 +56,46 @@ def write_word_corpus(path: Path, lines: int = 400, seed: int = 0) -> Path:
 
 
 @pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run a test with one intra-op thread, then restore the previous count.
+
+    On a shared 2-core machine, two OpenMP threads that wait for each other make small LSTMs
+    5-100x slower (a one-step LSTM call took 70 ms instead of 0.5 ms); one thread is as fast
+    as two on these tiny models when the machine is idle.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
 def word_corpus(tmp_path: Path) -> Path:
     """A small word-level text file in ``tmp_path``."""
     return write_word_corpus(tmp_path / "corpus.txt")
 
 
 def tiny_overrides(**extra: Any) -> dict[str, Any]:
-    """Overrides for a tiny synthetic-corpus LM run; ``extra`` uses ``section__key`` names."""
+    """Overrides for a tiny LM run (on the synthetic corpus unless ``data__text`` or
+    ``data__train`` is given); ``extra`` uses ``section__key`` names."""
     values = {"data.corpus": "synthetic", "data.synthetic_tokens": 20_000,
               **TINY_MODEL, **TINY_DATA, **TINY_TRAIN}
     values.update({k.replace("__", "."): v for k, v in extra.items()})
+    if values.get("data.text") or values.get("data.train"):
+        del values["data.corpus"]  # local files replace the built-in corpus
     return values
+
+
+@pytest.fixture(scope="session")
+def make_word_corpus() -> Callable[..., Path]:
+    """``write_word_corpus`` for fixtures wider than one test (they cannot use ``word_corpus``)."""
+    return write_word_corpus
+
+
+@pytest.fixture(scope="session")
+def make_tiny_overrides() -> Callable[..., dict[str, Any]]:
+    """``tiny_overrides`` for tests that build their own config."""
+    return tiny_overrides
 
 
 TrainTiny = Callable[..., TrainResult]
@@ -72,14 +103,15 @@ TrainTiny = Callable[..., TrainResult]
 
 @pytest.fixture
 def train_tiny(tmp_path: Path) -> TrainTiny:
-    """``train_tiny(name="run", **overrides)`` trains a tiny run into ``tmp_path / name``.
+    """``train_tiny(name="run", callbacks=(), **overrides)``: a tiny run in ``tmp_path / name``.
 
     Overrides are given as ``section__key=value`` (e.g. ``train__max_steps=12``); the default is
     one epoch of a 1 x 32 LSTM on 20k synthetic tokens with a constant learning rate.
     """
 
-    def train(name: str = "run", **overrides: Any) -> TrainResult:
+    def train(name: str = "run", callbacks: Sequence[Callback] = (), **overrides: Any
+              ) -> TrainResult:
         config = rnnlab.resolve_config(preset="synthetic", overrides=tiny_overrides(**overrides))
-        return rnnlab.train(config, tmp_path / name)
+        return rnnlab.train(config, tmp_path / name, callbacks=callbacks)
 
     return train

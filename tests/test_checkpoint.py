@@ -16,6 +16,8 @@ from rnnlab.config import ModelConfig, RunConfig
 from rnnlab.errors import RnnlabError
 from rnnlab.models.language_model import RNNLanguageModel
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 V = 29
 
 
@@ -155,7 +157,7 @@ def test_malicious_trainer_state_is_refused_without_running_code(tmp_path: Path,
         torch.save(payload, buffer)
         path.write_bytes(buffer.getvalue())
     else:
-        path.write_bytes(pickle.dumps(payload))
+        path.write_bytes(pickle.dumps(payload, protocol=2))  # torch.load's own protocol
     # The payload is real: an unrestricted load would create the marker.
     if via == "pickle":
         pickle.loads(path.read_bytes())

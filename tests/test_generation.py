@@ -7,12 +7,15 @@ import math
 import pytest
 import torch
 
+from rnnlab import generation
 from rnnlab.api import LanguageModel
 from rnnlab.config import ModelConfig, RunConfig
 from rnnlab.data.vocab import EOS, UNK, Vocab
 from rnnlab.errors import RnnlabError
 from rnnlab.generation import SampleConfig, encode_prompt, generate_ids, render, sample_next
 from rnnlab.models.language_model import RNNLanguageModel
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 WORDS = [f"w{i}" for i in range(30)]
 
@@ -75,22 +78,30 @@ def test_temperature_zero_is_greedy(cell: str) -> None:
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_relu"])
-def test_incremental_decoding_equals_re_encoding(cell: str) -> None:
-    # Each new token costs one step with the carried state; the logits must be those of a full
-    # forward pass over prompt + generated tokens.
+def test_incremental_decoding_equals_re_encoding(cell: str, monkeypatch: pytest.MonkeyPatch
+                                                 ) -> None:
+    # generate_ids feeds each new token as one step with the carried state; the logits it samples
+    # from must be those of one full forward pass over prompt + generated tokens.
     lm = _lm(cell)
+    seen: list[torch.Tensor] = []
+
+    def recording_sample_next(logits: torch.Tensor, **options: object) -> torch.Tensor:
+        seen.append(logits.clone())
+        return sample_next(logits, **options)
+
+    monkeypatch.setattr(generation, "sample_next", recording_sample_next)
     prompt = lm.vocab.encode(["w7", "w8", "w9", "w10"])
-    config = SampleConfig(max_tokens=15, seed=4)
-    generated = [int(s[0]) for s in generate_ids(lm.model, prompt, config)]
-    sequence = torch.tensor([prompt + generated])
-    with torch.no_grad():
-        full, _ = lm.model(sequence)
-        step_logits, state = lm.model(sequence[:, : len(prompt)])
-        pieces = [step_logits]
-        for t in range(len(prompt), sequence.shape[1]):
-            logits, state = lm.model(sequence[:, t : t + 1], state)
-            pieces.append(logits)
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=0, atol=1e-5)
+    config = SampleConfig(max_tokens=15, seed=4, num_samples=2)
+    steps = list(generate_ids(lm.model, prompt, config))
+    assert len(seen) == len(steps) == 15
+    for row in range(2):
+        generated = [int(s[row]) for s in steps]
+        with torch.no_grad():
+            full, _ = lm.model(torch.tensor([prompt + generated]))
+        # Position len(prompt) - 1 + t predicts the t-th generated token.
+        expected = full[0, len(prompt) - 1 : -1]
+        used = torch.stack([logits[row] for logits in seen])
+        torch.testing.assert_close(used, expected, rtol=0, atol=1e-5)
 
 
 # --- filters -------------------------------------------------------------------------------
@@ -207,14 +218,29 @@ def test_batched_greedy_samples_equal_one_sample_decoded_alone(lm: LanguageModel
     assert lm.generate("w5 w6", 15, temperature=0.0, num_samples=4) == [alone] * 4
 
 
-def test_stream_yields_the_same_text_as_generate(lm: LanguageModel) -> None:
-    pieces = list(lm.stream("w1 w2", 25, seed=11))
-    assert "".join(pieces) == lm.generate("w1 w2", 25, seed=11)[0]
+def test_stream_yields_the_same_text_as_generate() -> None:
+    lm = _lm()
+    with torch.no_grad():  # frequent line breaks, often several in a row
+        lm.model.decoder.bias[lm.vocab.stoi[EOS]] = 2.5
+    for seed in range(8):
+        pieces = list(lm.stream("w1 w2", 25, seed=seed))
+        assert "".join(pieces) == lm.generate("w1 w2", 25, seed=seed)[0]
 
 
-def test_render_turns_eos_into_line_breaks(lm: LanguageModel) -> None:
-    ids = lm.vocab.encode(["w1", "w2", EOS, "w3", EOS])
-    assert render(lm.vocab, ids) == "w1 w2\nw3\n"
+@pytest.mark.parametrize(
+    ("tokens", "text"),
+    [
+        (["w1", "w2", EOS, "w3", EOS], "w1 w2\nw3\n"),
+        (["w1", EOS, EOS, "w2"], "w1\n\nw2"),  # no space at the start of a line
+        ([EOS, "w1"], "\nw1"),
+        ([EOS, EOS, EOS], "\n\n\n"),
+        (["w1"], "w1"),
+        ([], ""),
+    ],
+)
+def test_render_turns_eos_into_line_breaks(lm: LanguageModel, tokens: list[str],
+                                           text: str) -> None:
+    assert render(lm.vocab, lm.vocab.encode(tokens)) == text
 
 
 @pytest.mark.parametrize(

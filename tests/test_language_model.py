@@ -16,6 +16,8 @@ from rnnlab.training.lm_task import evaluate_stream
 from rnnlab.training.metrics import lm_metrics, perplexity
 from rnnlab.training.optim import make_optimizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 V = 37  # vocabulary size of the hand-made models
 B, T = 3, 9
 
@@ -197,9 +199,10 @@ def _nll_by_hand(model: RNNLanguageModel, ids: torch.Tensor) -> list[float]:
     return out
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])  # a (h, c) tuple state and a plain one
 @pytest.mark.parametrize("output", ["softmax", "adaptive"])
-def test_perplexity_is_exp_of_mean_nll_computed_by_hand(output: str) -> None:
-    model = _model(output=output, cutoffs=[5, 20], hidden_size=32, cell="gru").eval()
+def test_perplexity_is_exp_of_mean_nll_computed_by_hand(output: str, cell: str) -> None:
+    model = _model(output=output, cutoffs=[5, 20], hidden_size=32, cell=cell).eval()
     n = 53  # 52 targets: batch 3 leaves a one-target tail, batch 7 a three-target tail
     ids = _tokens((n,), seed=5)
     per_token = _nll_by_hand(model, ids)

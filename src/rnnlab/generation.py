@@ -147,5 +147,13 @@ def render(vocab: Vocab, ids: list[int]) -> str:
     """Ids -> text: words joined by spaces with <eos> as a line break; characters as they are."""
     if vocab.level == "char":
         return "".join(vocab.itos[i] for i in ids)
-    words = ["\n" if vocab.itos[i] == EOS else vocab.itos[i] for i in ids]
-    return " ".join(words).replace(" \n ", "\n").replace(" \n", "\n")
+    # Built piece by piece (as LanguageModel.stream does): joining with spaces and then removing
+    # them around line breaks left a space at the start of a line after two breaks in a row.
+    pieces: list[str] = []
+    for i in ids:
+        token = vocab.itos[i]
+        if token == EOS:
+            pieces.append("\n")
+        else:
+            pieces.append(token if not pieces or pieces[-1] == "\n" else " " + token)
+    return "".join(pieces)

@@ -1,0 +1,270 @@
+"""The ``rnnlab`` command end to end, in separate processes.
+
+The main path (train -> eval -> generate twice, and ``--version``) runs as real
+``python -m rnnlab ...`` subprocesses. Each of those pays seconds for importing torch on a shared
+2-core machine, so every other command (the many bad inputs, ``presets``, ``train --text``, more
+generate and eval variants) runs in a process forked from one ``python`` that has imported
+rnnlab once: each child runs the ``rnnlab`` module as ``__main__`` (what ``-m`` does) with its
+own argv, and its exit status and file descriptors 1 and 2 are captured as they are. All the
+commands run once, a few at a time, in two module-scoped batches; the tests read the results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import rnnlab
+from rnnlab import checkpoint as ckpt
+from rnnlab.api import LanguageModel
+
+Result = subprocess.CompletedProcess
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RNNLAB_DEBUG"}
+    # One OpenMP thread per process: several processes share two cores here.
+    env.update({"OMP_NUM_THREADS": "1", "RNNLAB_DATA": str(data_dir), "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def _run_all(commands: dict[str, list[str]], cwd: Path) -> dict[str, Result]:
+    """Run ``python -m rnnlab ARGS`` for every entry, three at a time."""
+
+    def run(args: list[str]) -> Result:
+        return subprocess.run([sys.executable, "-m", "rnnlab", *args], cwd=cwd,
+                              env=_env(cwd / "data"), capture_output=True, text=True, timeout=300)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {name: pool.submit(run, args) for name, args in commands.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+# Reads a JSON list of [name, argv] from stdin; runs each in a forked child as `python -m rnnlab`
+# would, with stdout/stderr in OUT/name.out and OUT/name.err; prints {name: exit status}.
+_FORK_DRIVER = r"""
+import json, os, runpy, sys, traceback
+import rnnlab.cli, torch  # what every `python -m rnnlab` imports: pay for it once
+out = sys.argv[1]
+status = {}
+for name, argv in json.load(sys.stdin):
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            for fd, suffix in ((1, ".out"), (2, ".err")):
+                os.dup2(os.open(os.path.join(out, name + suffix),
+                                os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+            sys.argv = ["rnnlab", *argv]
+            runpy.run_module("rnnlab", run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    status[name] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+print(json.dumps(status))
+"""
+
+
+def _run_forked(commands: dict[str, list[str]], cwd: Path) -> dict[str, Result]:
+    """Like ``_run_all``, in children forked from one process (see the module docstring)."""
+    out = cwd / "forked"
+    out.mkdir(exist_ok=True)
+    driver = subprocess.run(
+        [sys.executable, "-c", _FORK_DRIVER, str(out)], input=json.dumps(list(commands.items())),
+        cwd=cwd, env=_env(cwd / "data"), capture_output=True, text=True, timeout=300)
+    assert driver.returncode == 0, driver.stderr
+    status = json.loads(driver.stdout)
+    return {
+        name: Result(["rnnlab", *args], status[name],
+                     (out / f"{name}.out").read_text(encoding="utf-8"),
+                     (out / f"{name}.err").read_text(encoding="utf-8"))
+        for name, args in commands.items()
+    }
+
+
+def _write(path: Path, content: bytes | str) -> str:
+    if isinstance(content, str):
+        content = content.encode("utf-8")
+    path.write_bytes(content)
+    return str(path)
+
+
+# name -> (arguments, a fragment the one error line must contain)
+BAD_INPUTS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
+    "empty-file": (lambda d: ["train", "--text", _write(d / "empty.txt", b"")], "empty"),
+    "whitespace-file": (
+        lambda d: ["train", "--text", _write(d / "blank.txt", " \n\t\n  \n")], "whitespace"),
+    "non-utf8-file": (
+        lambda d: ["train", "--text", _write(d / "latin1.txt", "café au lait\n".encode("latin-1"))],
+        "UTF-8"),
+    "unknown-corpus": (lambda d: ["train", "--corpus", "no-such-corpus"], "unknown corpus"),
+    "unknown-preset": (lambda d: ["train", "--preset", "no-such-preset"], "unknown preset"),
+    "unknown-set-key": (lambda d: ["train", "--set", "train.no_such_key=1"], "unknown config key"),
+    "wrong-type": (lambda d: ["train", "--set", "train.lr=abc"], "expected float"),
+    "non-positive-size": (lambda d: ["train", "--set", "data.batch_size=0"], "must be positive"),
+    "shorter-than-one-batch": (
+        lambda d: ["train", "--train", _write(d / "short.txt", "hello world\n" * 3),
+                   "--valid", _write(d / "short-valid.txt", "hello world\n"),
+                   "--set", "data.batch_size=20"],
+        "too few"),
+    "eval-missing-run": (lambda d: ["eval", str(d / "no-such-run")], "not found"),
+    "eval-corrupt-config": (lambda d: ["eval", str(d / "corrupt-config")], "corrupted"),
+    "eval-truncated-weights": (lambda d: ["eval", str(d / "truncated-weights")], "corrupted"),
+    "generate-truncated-weights": (
+        lambda d: ["generate", str(d / "truncated-weights"), "--seed", "1"], "corrupted"),
+}
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory: pytest.TempPathFactory,
+        make_word_corpus: Callable[..., Path]) -> dict[str, Result]:
+    """Every command of this module, run in a fresh folder; results by name."""
+    work = tmp_path_factory.mktemp("cli")
+    (work / "data").mkdir()
+    needs_run = {name for name in BAD_INPUTS if "truncated" in name or "corrupt" in name}
+
+    # First batch: everything that needs no trained run.
+    corpus = make_word_corpus(work / "small.txt", lines=300)
+    first = {
+        "train": ["train", "--set", "data.synthetic_tokens=30000", "--epochs", "1",
+                  "--out", "run", "--samples", "2", "--threads", "1"],
+    }
+    first_forked = {
+        "train-text": ["train", "--text", str(corpus), "--out", "text-run", "--epochs", "1",
+                       "--set", "model.hidden_size=32", "--set", "model.embedding_dim=32",
+                       "--set", "model.num_layers=1", "--set", "data.batch_size=8",
+                       "--samples", "1"],
+        "presets": ["presets"],
+        **{name: make(work) for name, (make, _) in BAD_INPUTS.items() if name not in needs_run},
+    }
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        forked = pool.submit(_run_forked, first_forked, work)
+        results = _run_all(first, work)
+        results.update(forked.result())
+    assert results["train"].returncode == 0, results["train"].stderr
+    run = work / "run"
+
+    # Second batch: commands on the trained run, and damaged copies of it.
+    shutil.copytree(run, work / "corrupt-config")
+    (work / "corrupt-config" / ckpt.CONFIG).write_text('{"model": {"cell": ', encoding="utf-8")
+    shutil.copytree(run, work / "truncated-weights")
+    weights = work / "truncated-weights" / ckpt.BEST
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    vocab = json.loads((run / ckpt.VOCAB).read_text(encoding="utf-8"))["tokens"]
+    prime = f"{vocab[5]} {vocab[9]}"
+    generate = ["generate", "run", "--prime", prime, "--seed", "1", "--tokens", "15"]
+    second = {
+        "eval": ["eval", "run", "--split", "test"],
+        "generate-1": generate,
+        "generate-2": generate,
+    }
+    second_forked = {
+        "eval-json": ["eval", "run", "--split", "test", "--json"],
+        "generate-other-seed": [*generate[:-4], "--seed", "2", "--tokens", "15"],
+        "generate-batch": [*generate, "--num-samples", "3"],
+        **{name: BAD_INPUTS[name][0](work) for name in needs_run},
+    }
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        forked = pool.submit(_run_forked, second_forked, work)
+        results.update(_run_all(second, work))
+        results.update(forked.result())
+    results["work"] = work  # type: ignore[assignment]
+    results["prime"] = prime  # type: ignore[assignment]
+    return results
+
+
+def _ok(result: Result) -> Result:
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    return result
+
+
+def test_version() -> None:
+    # Not through the fixture: the fastest command doubles as a smoke test of `python -m`.
+    result = subprocess.run([sys.executable, "-m", "rnnlab", "--version"], capture_output=True,
+                            text=True, timeout=120, env=_env(Path.cwd()))
+    assert _ok(result).stdout.strip() == f"rnnlab {rnnlab.__version__}"
+
+
+def test_presets_lists_the_built_in_recipes(cli: dict[str, Result]) -> None:
+    out = _ok(cli["presets"]).stdout
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    assert "synthetic" in names and "word-small" in names
+
+
+def test_train_writes_a_run_and_reports_perplexities(cli: dict[str, Result]) -> None:
+    out = _ok(cli["train"]).stdout
+    run = cli["work"] / "run"  # type: ignore[operator]
+    for name in (ckpt.CONFIG, ckpt.VOCAB, ckpt.BEST, ckpt.TRAINER, ckpt.METRICS):
+        assert (run / name).exists(), name
+    assert "run directory: run" in out
+    assert "stopped: epochs" in out
+    assert "true source ppl" in out and "test ppl" in out
+    assert sum(line.startswith("sample ") for line in out.splitlines()) == 2
+    config = ckpt.load_config(run)
+    assert config.data.synthetic_tokens == 30000 and config.train.epochs == 1
+    # A successful run says nothing alarming on stderr.
+    assert "error" not in cli["train"].stderr
+
+
+def test_eval_reports_the_test_split(cli: dict[str, Result]) -> None:
+    out = _ok(cli["eval"]).stdout
+    assert out.startswith("test split:") and "ppl" in out
+    metrics = json.loads(_ok(cli["eval-json"]).stdout)
+    run = cli["work"] / "run"  # type: ignore[operator]
+    expected = LanguageModel.load(run).evaluate("test")
+    assert metrics["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    assert metrics["tokens"] == expected["tokens"]
+    assert metrics["ppl"] == pytest.approx(expected["ppl"], rel=1e-6)
+
+
+def test_generate_is_reproducible_by_seed(cli: dict[str, Result]) -> None:
+    first, second = _ok(cli["generate-1"]).stdout, _ok(cli["generate-2"]).stdout
+    assert first == second
+    assert first.startswith(str(cli["prime"]))
+    assert len(first.split()) > len(str(cli["prime"]).split())
+    assert _ok(cli["generate-other-seed"]).stdout != first
+    # The prime words are in the vocabulary: no warning.
+    assert cli["generate-1"].stderr == ""
+
+
+def test_generate_several_samples(cli: dict[str, Result]) -> None:
+    out = _ok(cli["generate-batch"]).stdout
+    assert [line for line in out.splitlines() if line.startswith("--- sample")] == [
+        "--- sample 1", "--- sample 2", "--- sample 3"]
+
+
+def test_train_on_a_small_local_text_file(cli: dict[str, Result]) -> None:
+    out = _ok(cli["train-text"]).stdout
+    run = cli["work"] / "text-run"  # type: ignore[operator]
+    assert "run directory: text-run" in out
+    config = ckpt.load_config(run)
+    assert config.data.corpus is None and config.data.text.endswith("small.txt")
+    assert LanguageModel.load(run).evaluate("valid")["tokens"] > 0
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_gives_one_error_line_and_no_traceback(cli: dict[str, Result],
+                                                         name: str) -> None:
+    result = cli[name]
+    assert result.returncode != 0
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("rnnlab: error:")
+    assert BAD_INPUTS[name][1] in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not list((cli["work"]).glob("runs/*"))  # type: ignore[union-attr]
