@@ -22,7 +22,9 @@ def make_optimizer(model: nn.Module, config: TrainConfig,
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay)
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    fused = device.type in ("cpu", "cuda")
+    # Fused CPU kernels arrived in torch 2.4; CUDA has had them longer.
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    fused = device.type == "cuda" or (device.type == "cpu" and (major, minor) >= (2, 4))
     return cls(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
