@@ -22,7 +22,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -103,11 +106,18 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_weights(model: nn.Module, path: str | Path,
                  metadata: dict[str, str] | None = None) -> None:
+    """Write the weights as safetensors; non-finite weights are refused (the old file stays)."""
     path = Path(path)
+    tensors = model_tensors(model)
+    broken = [name for name, tensor in tensors.items()
+              if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if broken:
+        raise RnnlabError(f"refused to write {path}: {', '.join(broken[:3])} holds NaN or "
+                          f"infinite values (the previous file is untouched)")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(model_tensors(model), tmp, metadata=metadata)
+        save_file(tensors, tmp, metadata=metadata)
         os.chmod(tmp, _file_mode())
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -162,13 +172,35 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise RnnlabError(f"{path} not found: nothing to resume from")
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic != b"PK\x03\x04":  # torch.save's zip format; a bare pickle is never unpickled
+        raise RnnlabError(f"{path} is corrupted or not a checkpoint written by rnnlab "
+                          f"(refused to load it: not a PyTorch zip archive)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file to the user
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RnnlabError(
-            f"{path} is corrupted or not a safe checkpoint (refused to load: {first_line[:200]})"
-        ) from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's advice on weights_only is not for our users
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        blocked = re.search(r"GLOBAL ([\w.]+)", str(exc))  # a class or function to import
+        if blocked:
+            raise RnnlabError(
+                f"{path} holds Python objects ({blocked.group(1)}), not plain data: refused to "
+                f"load it, since unpickling them could run code (was the file replaced?)"
+            ) from None
+        raise RnnlabError(f"{path} is corrupted (refused to load it: {_first_line(exc)})"
+                          ) from None
+    except Exception as exc:  # noqa: BLE001 - any other failure is a damaged file to the user
+        raise RnnlabError(f"{path} is corrupted or truncated ({_first_line(exc)})") from None
+    if not isinstance(state, dict):
+        raise RnnlabError(f"{path} is corrupted (it does not hold a trainer state)")
+    return state
+
+
+def _first_line(exc: BaseException) -> str:
+    """The gist of an error: its first sentence (torch's messages go on with advice)."""
+    text = str(exc).strip()
+    return text.splitlines()[0].split(". ")[0][:200] if text else type(exc).__name__
 
 
 # --- config and run info -------------------------------------------------------------------
@@ -219,7 +251,50 @@ def read_metrics(run_dir: str | Path, name: str = METRICS) -> list[dict[str, Any
 
 def append_metrics(run_dir: str | Path, record: dict[str, Any], name: str = METRICS) -> None:
     """Append one JSON line (flushed and fsynced: a crash loses at most the line being written)."""
-    with open(Path(run_dir) / name, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
+    path = Path(run_dir) / name
+    with open(path, "a+b") as handle:
+        # After a crash mid-line, start on a new line: glued to the torn one this record would
+        # be unreadable too.
+        torn = handle.seek(0, os.SEEK_END) > 0 and not _ends_with_newline(handle)
+        handle.write((("\n" if torn else "") + json.dumps(record) + "\n").encode("utf-8"))
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _ends_with_newline(handle: Any) -> bool:
+    handle.seek(-1, os.SEEK_END)
+    return handle.read(1) == b"\n"
+
+
+def truncate_log(run_dir: str | Path, step: int, name: str = METRICS) -> None:
+    """Keep the records of steps up to ``step`` (a resumed run writes the later ones again).
+
+    A crash between a log line and the checkpoint that follows it would otherwise leave that
+    line twice, and a torn last line is dropped too. The file is rewritten only when needed.
+    """
+    path = Path(run_dir) / name
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and (
+                record["step"] > step):
+            continue
+        kept.append(line)
+    if kept != lines:
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def remove_temp_files(run_dir: str | Path) -> list[Path]:
+    """Delete the ``.NAME.XXXX.tmp`` files of writes that a crash cut short; returns them."""
+    removed = []
+    for tmp in Path(run_dir).glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed

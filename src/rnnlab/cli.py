@@ -34,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("rnnlab: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as exc:  # disk full, permissions: the user's environment, not a bug
-        print(f"rnnlab: error: {exc.strerror or exc} ({exc.filename or ''})", file=sys.stderr)
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"rnnlab: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as exc:  # noqa: BLE001 - a bug: say so in one line unless debugging
         if os.environ.get("RNNLAB_DEBUG"):
@@ -85,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="autocast precision of training steps (default fp32; fp16 on CUDA "
                              "only, bf16 where the GPU or CPU has it natively, else fp32)")
     budget.add_argument("--out", help="run directory (default runs/<task>-<data>-<preset>-<time>)")
+    budget.add_argument("--tensorboard", action="store_true",
+                        help="also log scalars to RUN/tensorboard (needs the tensorboard package)")
+    budget.add_argument("--no-plot", action="store_true",
+                        help="do not draw RUN/curves.png at the end (drawn when matplotlib is "
+                             "installed)")
     budget.add_argument("--resume", metavar="RUN", help="continue a run from its last checkpoint")
     budget.add_argument("--samples", type=int, default=3,
                         help="samples printed after a language model trains (default 3)")
@@ -176,13 +182,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rnnlab import distributed
     from rnnlab.config import resolve_config
     from rnnlab.training import runner
-    from rnnlab.training.callbacks import PrintEvaluations, ProgressBar
+    from rnnlab.training.callbacks import PlotCurves, PrintEvaluations, ProgressBar
     from rnnlab.training.trainer import TrainingInterrupted
 
     overrides = train_overrides(args)
     main = distributed.is_main()  # under torchrun, rank 0 alone prints
     bar = ProgressBar()
     callbacks = [bar] if bar.enabled else [PrintEvaluations()]
+    if not args.no_plot:
+        callbacks.append(PlotCurves())  # RUN/curves.png at the end, when matplotlib is installed
+    if args.tensorboard:
+        from rnnlab.training.tensorboard import TensorBoardLogger
+
+        callbacks.append(TensorBoardLogger())  # fails here, before any work, without tensorboard
     try:
         if args.resume:
             allowed = {k: v for k, v in overrides.items() if k.startswith("train.")}
@@ -201,6 +213,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as exc:
         if main:
             print(f"rnnlab: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, the last checkpoint stands
+        run = args.resume or args.out
+        if main:
+            hint = (f"; resume from the last checkpoint with: rnnlab train --resume {run}"
+                    if run and (Path(run) / "trainer.pt").exists() else "")
+            print(f"rnnlab: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if not main:
         return 0

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 import time
+import warnings
+from pathlib import Path
 from typing import Any, TextIO
 
 from tqdm import tqdm
@@ -34,7 +37,9 @@ class ProgressBar(Callback):
     shown only on a terminal; in CI logs the per-evaluation lines say enough.
     """
 
-    def __init__(self, stream: TextIO = sys.stderr, enabled: bool | None = None):
+    def __init__(self, stream: TextIO | None = None, enabled: bool | None = None):
+        # Looked up now, not at import: a caller may have redirected sys.stderr since.
+        stream = sys.stderr if stream is None else stream
         self.stream = stream
         self.enabled = stream.isatty() if enabled is None else enabled
         self.bar: tqdm | None = None
@@ -75,8 +80,28 @@ class ProgressBar(Callback):
 class PrintEvaluations(Callback):
     """Print each evaluation as a line (used when there is no progress bar)."""
 
-    def __init__(self, stream: TextIO = sys.stdout):
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = sys.stdout if stream is None else stream
 
     def on_eval(self, trainer: Trainer, record: dict[str, Any]) -> None:
         print(format_record(record), file=self.stream, flush=True)
+
+
+class PlotCurves(Callback):
+    """Draw ``RUN/curves.png`` (see ``rnnlab plot``) when training ends, if matplotlib is there.
+
+    A plot is a convenience: any failure to draw it is a warning, never a failed run.
+    """
+
+    NAME = "curves.png"
+
+    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None:
+        if importlib.util.find_spec("matplotlib") is None:
+            return
+        out = Path(result.run_dir) / self.NAME
+        try:
+            from rnnlab.reports import plot_runs
+
+            plot_runs([result.run_dir], out)
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, the training stands
+            warnings.warn(f"could not draw {out}: {exc}", RuntimeWarning, stacklevel=2)

@@ -89,8 +89,6 @@ def resume(run_dir: str | Path, overrides: dict | None = None, *,
 
         apply_overrides(config, overrides, source="--resume")
         config.validate()
-        if distributed.is_main():
-            ckpt.save_config(config, run_dir)
     set_threads(config.train.threads)
     # Any number of ranks may resume a run: its checkpoint holds the global batch's state.
     with distributed.session(config.train.device) as device:
@@ -99,6 +97,9 @@ def resume(run_dir: str | Path, overrides: dict | None = None, *,
             task = BUILDERS[config.task](config, device)
         trainer = Trainer(task, config, run_dir, device, callbacks)
         trainer.resume()
+        if overrides and distributed.is_main():
+            # Only now that the checkpoint loaded: a failed resume leaves config.json as it was.
+            ckpt.save_config(config, run_dir)
         return _finish(trainer, trainer.fit())
 
 

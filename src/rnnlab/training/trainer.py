@@ -2,16 +2,19 @@
 
 The Trainer owns what every run needs: the optimiser and schedule, the budget (epochs, steps,
 minutes), evaluation and the best checkpoint, early stopping, resumable checkpoints, clean
-interruption and guards against non-finite losses. A task (see ``task.py``) supplies batches,
+interruption and guards against non-finite steps (skipped; a run of them rolls back to the
+last checkpoint with a halved learning rate). A task (see ``task.py``) supplies batches,
 the loss and its metrics; presentation (progress bar, printing) comes in through callbacks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +31,13 @@ from rnnlab.training.optim import Schedule, make_optimizer, set_lr
 from rnnlab.training.task import Task
 
 TRAINER_FORMAT = 1
-MAX_BAD_STEPS = 5  # non-finite losses in a row before the run gives up
+MAX_BAD_STEPS = 5  # non-finite steps in a row before rolling back to the last checkpoint
+MAX_ROLLBACKS = 3  # roll-backs (each halving the learning rate) before the run gives up
 _END = object()  # marks the end of an epoch's batches
+
+
+class _RolledBack(Exception):
+    """Unwinds the loop after a roll-back; training goes on from the restored position."""
 
 
 class TrainingInterrupted(Exception):
@@ -102,6 +110,8 @@ class Trainer:
         self.last_eval_step = -1
         self.lr = self.train_config.lr
         self.bad_steps = 0
+        self.lr_scale = 1.0  # halved by each roll-back after non-finite steps; saved in trainer.pt
+        self.rollbacks = 0
         self.running = _Running()
         self._clock_start = time.monotonic()
         self._elapsed_at_start = 0.0
@@ -123,13 +133,19 @@ class Trainer:
             cb.on_train_start(self)
         with self._signals_handled():
             reason = self._stop_reason()
-            while reason is None:
-                reason = self._run_epoch()
+            while True:
+                try:
+                    while reason is None:
+                        reason = self._run_epoch()
+                    if reason != "interrupted" and self.last_eval_step != self.step:
+                        self._evaluate()  # a step or time budget ended mid-epoch
+                    break
+                except _RolledBack:  # back at the last good checkpoint: train on from there
+                    reason = self._stop_reason()
             if reason == "interrupted":
-                self._save_last()
+                with contextlib.suppress(_RolledBack):  # bad weights: the last checkpoint stands
+                    self._save_last()
                 raise TrainingInterrupted(self.run_dir, self.step)
-            if self.last_eval_step != self.step:  # a step or time budget ended mid-epoch
-                self._evaluate()
         result = TrainResult(self.run_dir, ckpt.read_metrics(self.run_dir), self.best_record(),
                              reason, self.step, self.elapsed)
         for cb in self.callbacks:
@@ -173,7 +189,7 @@ class Trainer:
         Under DDP ``batch`` is the global batch and this rank trains on its share; every decision
         (skip, stop, learning rate) is taken from values that are identical on all ranks.
         """
-        self.lr = self.schedule.lr(self.step, self.progress())
+        self.lr = self.schedule.lr(self.step, self.progress()) * self.lr_scale
         set_lr(self.optimizer, self.lr)
         self.model.train()
         batch, weight = self._local_batch(batch)
@@ -185,10 +201,9 @@ class Trainer:
         if self.scaler:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        if self.train_config.clip:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.train_config.clip)
-        else:
-            norm = torch.zeros(())
+        # Without clipping the norm is still computed (max_norm inf scales by exactly 1): it is
+        # what tells a step with NaN/inf gradients but a finite loss from a good one.
+        norm = torch.nn.utils.clip_grad_norm_(params, self.train_config.clip or math.inf)
         loss_value, items = self._reduce(loss.detach(), weight, items)
         # A gradient scaler skips steps with inf/NaN gradients itself and lowers its scale; while
         # it calibrates such steps are expected, so only a non-finite loss counts against the run.
@@ -260,11 +275,44 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.bad_steps += 1
         if self.bad_steps >= MAX_BAD_STEPS:
+            self._roll_back(f"the loss or gradients were not finite for {MAX_BAD_STEPS} steps "
+                            f"in a row at step {self.step}")
+
+    def _roll_back(self, what: str) -> None:
+        """Recover from a numerical fault: go back to the last checkpoint with half the learning
+        rate (at most MAX_ROLLBACKS times), else stop with a clear error. Never returns."""
+        if self.rollbacks >= MAX_ROLLBACKS or not (self.run_dir / ckpt.TRAINER).exists():
+            tried = (f" and {self.rollbacks} roll-backs to the last checkpoint with a halved "
+                     f"learning rate did not help" if self.rollbacks else
+                     " before any checkpoint was written")
             raise RnnlabError(
-                f"the loss or gradients were not finite for {MAX_BAD_STEPS} steps in a row at step "
-                f"{self.step}; the saved checkpoints are untouched. Lower train.lr or train.clip "
-                f"and resume with: rnnlab train --resume {self.run_dir}"
-            )
+                f"{what}{tried}; no checkpoint was written with non-finite weights. Lower "
+                f"train.lr or set train.clip, then resume with: rnnlab train --resume "
+                f"{self.run_dir}")
+        rollbacks, scale = self.rollbacks + 1, self.lr_scale * 0.5
+        self.resume()  # weights, optimiser, schedule, data position and RNG of that checkpoint
+        self.rollbacks, self.lr_scale = rollbacks, scale
+        self.bad_steps = 0
+        distributed.seed_rank(self.train_config.seed, self.step)  # as a resumed run would
+        if self.is_main:
+            warnings.warn(f"{what}; rolled back to the checkpoint of step {self.step} with the "
+                          f"learning rate scaled by {scale:g} (roll-back {rollbacks} of "
+                          f"{MAX_ROLLBACKS})", RuntimeWarning, stacklevel=2)
+        raise _RolledBack
+
+    def _weights_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """A failed write (disk full, permissions) leaves the previous checkpoint intact: say so."""
+        try:
+            yield
+        except OSError as exc:
+            raise RnnlabError(
+                f"could not write a checkpoint in {self.run_dir} ({exc.strerror or exc}); the "
+                f"previous checkpoint is intact: fix the cause, then resume with: rnnlab train "
+                f"--resume {self.run_dir}") from None
 
     # --- budget ------------------------------------------------------------------------------
 
@@ -295,12 +343,14 @@ class Trainer:
     # --- evaluation and checkpoints ----------------------------------------------------------
 
     def _evaluate(self) -> dict[str, Any]:
+        if not self._weights_finite():  # e.g. a huge step from finite gradients overflowed
+            self._roll_back("the weights became non-finite")
         started = time.monotonic()
         # Every rank evaluates (so none waits long in a collective); rank 0's result decides.
         metrics = distributed.broadcast_object(self.task.evaluate("valid"))
         value = metrics[self.task.best_metric]
-        improved = self.best_value is None or (
-            value > self.best_value if self.task.higher_is_better else value < self.best_value)
+        improved = math.isfinite(value) and (self.best_value is None or (
+            value > self.best_value if self.task.higher_is_better else value < self.best_value))
         if improved:
             self.best_value = value
             self.evals_since_best = 0
@@ -320,11 +370,13 @@ class Trainer:
             "best": improved,
         }
         if self.schedule.after_eval(improved):
-            record["lr_decayed_to"] = self.schedule.lr(self.step, self.progress())
+            record["lr_decayed_to"] = self.schedule.lr(self.step, self.progress()) * self.lr_scale
         if self.is_main:
-            if improved:
-                ckpt.save_weights(self.model, self.run_dir / ckpt.BEST, {"step": str(self.step)})
-            ckpt.append_metrics(self.run_dir, record)
+            with self._writing():
+                if improved:
+                    ckpt.save_weights(self.model, self.run_dir / ckpt.BEST,
+                                      {"step": str(self.step)})
+                ckpt.append_metrics(self.run_dir, record)
         self.last_eval_step = self.step
         # Reset before the checkpoint: the record holds these losses, and a resume from this
         # checkpoint must not count them again in the next record's train_loss.
@@ -340,12 +392,15 @@ class Trainer:
 
     def _save_last(self) -> None:
         """Write the resumable state: weights first, then ``trainer.pt`` (the commit point)."""
+        if not self._weights_finite():  # never replace a good checkpoint by a broken one
+            self._roll_back("the weights became non-finite")
         weights_name = f"last-{self.step:08d}.safetensors"
         state = self.state_dict(weights_name)  # on every rank: the task may gather across ranks
         if not self.is_main:
             return
-        ckpt.save_weights(self.model, self.run_dir / weights_name, {"step": str(self.step)})
-        ckpt.save_trainer_state(state, self.run_dir / ckpt.TRAINER)
+        with self._writing():
+            ckpt.save_weights(self.model, self.run_dir / weights_name, {"step": str(self.step)})
+            ckpt.save_trainer_state(state, self.run_dir / ckpt.TRAINER)
         for old in self.run_dir.glob("last-*.safetensors"):
             if old.name != weights_name:
                 old.unlink(missing_ok=True)
@@ -367,6 +422,8 @@ class Trainer:
             "task": self.task.state_dict(),
             "rng": rng_state(),
             "scaler": self.scaler.state_dict() if self.scaler else {},
+            "lr_scale": self.lr_scale,
+            "rollbacks": self.rollbacks,
         }
 
     def resume(self) -> None:
@@ -389,9 +446,17 @@ class Trainer:
             set_rng_state(state["rng"])
             if self.scaler and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
+            self.lr_scale = float(state.get("lr_scale", 1.0))
+            self.rollbacks = int(state.get("rollbacks", 0))
         except (KeyError, ValueError, TypeError, RuntimeError) as exc:
             raise RnnlabError(f"{self.run_dir / ckpt.TRAINER} is incomplete or does not match "
                               f"this run ({type(exc).__name__}: {exc})") from None
+        if self.is_main:
+            # What a crash left behind: half-written temporary files, and log lines of steps
+            # after this checkpoint, which the resumed run is about to write again.
+            ckpt.remove_temp_files(self.run_dir)
+            for name in (ckpt.METRICS, ckpt.TRAIN_LOG):
+                ckpt.truncate_log(self.run_dir, self.step, name)
 
     # --- signals -----------------------------------------------------------------------------
 
