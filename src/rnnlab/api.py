@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,8 +121,8 @@ class LanguageModel:
                  data_dir: str | None = None) -> dict[str, Any]:
         """Metrics on a split of the corpus the model was trained on."""
         data_config = self.config.data
-        if data_dir:
-            data_config.data_dir = data_dir
+        if data_dir:  # a copy: the loaded model's config stays what the run recorded
+            data_config = dataclasses.replace(data_config, data_dir=data_dir)
         data = load_lm_data(data_config, self.vocab)
         if split not in data.splits:
             raise RnnlabError(f"this run's data has no {split} split "
@@ -191,10 +192,12 @@ class TextClassifier:
         """Accuracy, loss, per-class precision/recall/F1 and the confusion matrix on a split."""
         from rnnlab.training.classify_task import build_classification_task
 
-        if data_dir:
-            self.config.data.data_dir = data_dir
+        config = self.config
+        if data_dir:  # a copy: the loaded model's config stays what the run recorded
+            config = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                           data_dir=data_dir))
         device = next(self.model.parameters()).device
-        task = build_classification_task(self.config, device, vocab=self.vocab,
+        task = build_classification_task(config, device, vocab=self.vocab,
                                           label_names=self.label_names, splits=[split])
         task.model = self.model
         return task.report(split)

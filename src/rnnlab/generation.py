@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rnnlab.data.text import word_tokens
 from rnnlab.data.vocab import EOS, Vocab
 from rnnlab.errors import RnnlabError
 from rnnlab.models.cells import State
@@ -135,7 +136,9 @@ def encode_prompt(vocab: Vocab, prime: str, config: SampleConfig) -> list[int]:
         if not ids:
             raise RnnlabError("every character of the prime is outside the vocabulary")
         return ids
-    words = prime.split()
+    words = word_tokens(prime)  # a line break in the prompt is an end of sentence
+    if words and not prime.endswith("\n"):
+        words.pop()  # the prompt's last line continues: no <eos> after it
     unknown = [w for w in words if w not in vocab]
     if unknown:
         warnings.warn(f"prime words not in the vocabulary, read as {vocab.unk}: "

@@ -103,6 +103,8 @@ class Vocab:
     def load(cls, path: str | Path) -> Vocab:
         try:
             return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        except RnnlabError as exc:
+            raise RnnlabError(f"{path}: {exc}") from None
         except FileNotFoundError:
             raise RnnlabError(f"vocabulary file not found: {path}") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
