@@ -259,3 +259,19 @@ def test_sampled_frequencies_follow_the_temperature() -> None:
     cold = float((_draws(logits, n=20_000, temperature=0.5) == 0).float().mean())
     # p ** (1 / T) renormalised: 0.36 / (0.36 + 0.16)
     assert cold == pytest.approx(0.36 / 0.52, abs=0.02)
+
+
+def test_sampled_frequencies_match_the_distribution_over_many_ids() -> None:
+    generator = torch.Generator().manual_seed(3)
+    probs = torch.rand(50, generator=generator) ** 3
+    probs[::7] = 0.0  # ids of probability zero must never be drawn
+    probs /= probs.sum()
+    n = 100_000
+    logits = probs.log().expand(n, -1)  # one row per draw, as in batched decoding
+    draws = sample_next(logits, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(draws, minlength=50).double()
+    assert counts[probs == 0].sum() == 0
+    expected = n * probs.double()
+    seen = expected > 0
+    chi2 = float(((counts[seen] - expected[seen]) ** 2 / expected[seen]).sum())
+    assert chi2 < 76  # 41 degrees of freedom: the 99.9th percentile is ~76

@@ -18,6 +18,7 @@ from rnnlab.data.vocab import EOS, Vocab
 from rnnlab.errors import RnnlabError
 from rnnlab.models.cells import State
 from rnnlab.models.language_model import RNNLanguageModel
+from rnnlab.runtime import onednn_off
 
 
 @dataclass
@@ -73,8 +74,12 @@ def sample_next(
         before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely ids
         sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    # Inverse-CDF sampling: one uniform per row against the running sum of probabilities.
+    # torch.multinomial and the exponential race cost ~10x more per step for a 10k vocabulary.
+    cdf = logits.softmax(dim=-1).double().cumsum(dim=-1)  # ids of probability 0 add no width
+    u = torch.rand(cdf.shape[0], 1, dtype=cdf.dtype, device=cdf.device, generator=generator)
+    picked = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+    return picked.squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
 
 
 def expand_state(state: State, copies: int) -> State:
@@ -118,7 +123,8 @@ def generate_ids(
         yield next_ids
         if config.stop_at_eos and bool(done.all()):
             return
-        logits, state = model(next_ids[:, None], state)  # one step: (N, 1) -> (N, 1, V)
+        with onednn_off(device):
+            logits, state = model(next_ids[:, None], state)  # one step: (N, 1) -> (N, 1, V)
         logits = logits[:, -1]
 
 
