@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -376,3 +379,35 @@ def test_training_on_synthetic_gets_within_10_percent_of_the_true_perplexity(
     assert model_ppl >= true_ppl * 0.99  # no model beats the source (up to sampling noise)
     assert model_ppl <= true_ppl * 1.10, (model_ppl, true_ppl)
     assert model_ppl < unigram_ppl / 2
+
+
+
+_HEAP_SCRIPT = """
+import ctypes, sys, torch
+from rnnlab.runtime import keep_freed_memory
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split())]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+before = libc.mallinfo2()
+buffer = torch.ones(5 << 20)  # 20 MiB, the size of a small model's logits
+mapped = libc.mallinfo2().hblkhd - before.hblkhd
+del buffer
+print(mapped, libc.mallinfo2().arena - before.arena)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="mallopt is glibc's")
+@pytest.mark.parametrize("mode", ["default", "keep"])
+def test_freed_memory_stays_in_the_heap_for_the_next_step(mode: str) -> None:
+    done = subprocess.run([sys.executable, "-c", _HEAP_SCRIPT, mode], capture_output=True,
+                          text=True, check=True)
+    mapped, heap_growth = map(int, done.stdout.split())  # bytes, over the buffer's life
+    if mode == "default":  # glibc maps a block this large and unmaps it when freed...
+        assert mapped >= 20 << 20 and heap_growth < 4 << 20
+    else:  # ...while kept, it comes from the heap and stays there, ready for the next step
+        assert mapped < 4 << 20 and heap_growth >= 16 << 20

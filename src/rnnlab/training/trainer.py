@@ -26,7 +26,14 @@ from rnnlab import checkpoint as ckpt
 from rnnlab import distributed
 from rnnlab.config import RunConfig
 from rnnlab.errors import RnnlabError
-from rnnlab.runtime import autocast, autocast_dtype, pin_batch, rng_state, set_rng_state
+from rnnlab.runtime import (
+    autocast,
+    autocast_dtype,
+    keep_freed_memory,
+    pin_batch,
+    rng_state,
+    set_rng_state,
+)
 from rnnlab.training.optim import Schedule, make_optimizer, set_lr
 from rnnlab.training.task import Task
 
@@ -97,6 +104,8 @@ class Trainer:
             task.shard(self.rank, self.world_size)  # the task yields this rank's rows itself
         self.loss_fn = distributed.wrap_loss(task, device)  # DDP when there are several ranks
         self.amp_dtype = autocast_dtype(config.train.precision, device, warn=self.is_main)
+        if device.type == "cpu":
+            keep_freed_memory()  # no page faults on every step's large buffers
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.optimizer = make_optimizer(self.model, self.train_config, device)
         self.schedule = Schedule(self.train_config)
