@@ -40,7 +40,7 @@ def _batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
 LENGTHS = [1, 23, 4, 40, 9, 2]  # very different lengths, unsorted
 
 
-@pytest.mark.parametrize("cell, bidirectional", itertools.product(CELLS, [False, True]))
+@pytest.mark.parametrize("cell, bidirectional", list(itertools.product(CELLS, [False, True])))
 def test_packed_and_dense_paths_give_the_same_logits(cell, bidirectional):
     torch.manual_seed(0)
     tokens, lengths = _batch(LENGTHS)

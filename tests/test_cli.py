@@ -268,3 +268,18 @@ def test_bad_input_gives_one_error_line_and_no_traceback(cli: dict[str, Result],
     assert BAD_INPUTS[name][1] in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
     assert not list((cli["work"]).glob("runs/*"))  # type: ignore[union-attr]
+
+
+def test_eval_uses_the_runs_threads_unless_told(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                ) -> None:
+    from rnnlab import cli
+
+    config = rnnlab.resolve_config(preset="synthetic", overrides={
+        "train.max_steps": 2, "train.threads": 1, "model.hidden_size": 16,
+        "model.embedding_dim": 16, "model.num_layers": 1})
+    rnnlab.train(config, tmp_path / "run")
+    chosen: list[int] = []
+    monkeypatch.setattr("rnnlab.runtime.set_threads", chosen.append)
+    assert cli.main(["eval", str(tmp_path / "run"), "--split", "valid"]) == 0
+    assert cli.main(["eval", str(tmp_path / "run"), "--split", "valid", "--threads", "2"]) == 0
+    assert chosen == [1, 2]

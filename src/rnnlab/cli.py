@@ -12,10 +12,13 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rnnlab import __version__
 from rnnlab.errors import RnnlabError
+
+if TYPE_CHECKING:
+    from rnnlab.config import RunConfig
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -104,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--weights", default="best", choices=["best", "last"])
     evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--threads", type=int,
+                          help="intra-op CPU threads (default: the run's train.threads)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(func=cmd_eval)
 
@@ -122,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--skip-unknown", action="store_true",
                           help="char level: drop prime characters outside the vocabulary")
     generate.add_argument("--device", default="cpu")
+    generate.add_argument("--threads", type=int,
+                          help="intra-op CPU threads (default: the run's train.threads)")
     generate.set_defaults(func=cmd_generate)
 
     predict = sub.add_parser("predict", help="label new texts with a trained classifier")
@@ -130,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--file", help="one text per line, or JSONL with a \"text\" field")
     predict.add_argument("--batch-size", type=int, default=64)
     predict.add_argument("--device", default="cpu")
+    predict.add_argument("--threads", type=int,
+                         help="intra-op CPU threads (default: the run's train.threads)")
     predict.set_defaults(func=cmd_predict)
 
     data = sub.add_parser("data", help="known corpora: list, download, path")
@@ -266,10 +275,21 @@ def report_language_model(run_dir: Path, samples: int) -> None:
 # --- eval / generate ---------------------------------------------------------------------------
 
 
+def use_threads(requested: int | None, config: RunConfig) -> None:
+    """``--threads``, else the run's own ``train.threads``: what it was tuned with, so that a
+    run made for one thread (e.g. imdb-bilstm) does not evaluate on an oversubscribed CPU."""
+    if requested is not None and requested < 0:
+        raise RnnlabError(f"--threads must be 0 (PyTorch's default) or more, got {requested}")
+    from rnnlab.runtime import set_threads
+
+    set_threads(config.train.threads if requested is None else requested)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from rnnlab import checkpoint as ckpt
 
     config = ckpt.load_config(args.run)
+    use_threads(args.threads, config)
     if config.task == "classify":
         return evaluate_classifier(args)
     from rnnlab.api import LanguageModel
@@ -339,6 +359,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not texts:
         raise RnnlabError("nothing to classify: give texts as arguments or --file F")
     clf = TextClassifier.load(args.run, device=args.device)
+    use_threads(args.threads, clf.config)
     for text, result in zip(texts, clf.predict(texts, args.batch_size), strict=True):
         probs = {name: round(float(p), 6) for name, p in result["probs"].items()}
         print(json.dumps({"text": text, "label": result["label"], "probs": probs},
@@ -369,6 +390,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from rnnlab.api import LanguageModel
 
     lm = LanguageModel.load(args.run, device=args.device)
+    use_threads(args.threads, lm.config)
     options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    skip=[t for t in args.skip.split(",") if t], stop_at_eos=args.stop_at_eos,
                    seed=args.seed, skip_unknown=args.skip_unknown)
