@@ -18,7 +18,7 @@ from rnnlab.data.vocab import EOS, Vocab
 from rnnlab.errors import RnnlabError
 from rnnlab.models.cells import State
 from rnnlab.models.language_model import RNNLanguageModel
-from rnnlab.runtime import onednn_off
+from rnnlab.models.stepper import TokenStepper
 
 
 @dataclass
@@ -59,23 +59,34 @@ def sample_next(
     ``banned`` ids get probability zero; ``top_k`` keeps the k most likely ids; ``top_p`` keeps
     the smallest set whose probability reaches p (Holtzman et al., 2020); temperature 0 is greedy.
     """
-    logits = logits.float().clone()
+    logits = logits.float()
     if banned is not None and banned.numel():
-        logits[:, banned] = float("-inf")
+        logits = logits.index_fill(-1, banned, float("-inf"))
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    if temperature != 1:
+        logits = logits / temperature
+    # The filters keep their candidates sorted best first, as (N, C) logits and their ids;
+    # sampling then reads only the C candidates, not the whole vocabulary.
+    candidates = None
     if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        logits, candidates = torch.topk(logits, top_k, dim=-1)
     if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
+        if candidates is None:
+            logits, candidates = torch.sort(logits, dim=-1, descending=True)
+        probs = logits.softmax(dim=-1)
         before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely ids
-        sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    # Inverse-CDF sampling: one uniform per row against the running sum of probabilities.
-    # Over 10k ids this took 0.07 ms per draw here, against 0.4 ms for torch.multinomial.
+        logits = logits.masked_fill(before >= top_p, float("-inf"))
+    picked = _inverse_cdf(logits, generator)
+    return picked if candidates is None else candidates.gather(-1, picked[:, None]).squeeze(-1)
+
+
+def _inverse_cdf(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """(N, C) logits -> (N,) column indices drawn from their softmax.
+
+    One uniform per row against the running sum of probabilities: over 10k ids this took
+    0.07 ms per draw here, against 0.4 ms for ``torch.multinomial``.
+    """
     cdf = logits.softmax(dim=-1).double().cumsum(dim=-1)  # ids of probability 0 add no width
     u = torch.rand(cdf.shape[0], 1, dtype=cdf.dtype, device=cdf.device, generator=generator)
     picked = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
@@ -114,6 +125,7 @@ def generate_ids(
     state = expand_state(state, config.num_samples)
     banned_ids = torch.tensor(sorted(set(banned)), dtype=torch.long, device=device)
     done = torch.zeros(config.num_samples, dtype=torch.bool, device=device)
+    stepper = TokenStepper(model)
     for _ in range(config.max_tokens):
         next_ids = sample_next(logits, temperature=config.temperature, top_k=config.top_k,
                                top_p=config.top_p, banned=banned_ids, generator=generator)
@@ -123,9 +135,7 @@ def generate_ids(
         yield next_ids
         if config.stop_at_eos and bool(done.all()):
             return
-        with onednn_off(device):
-            logits, state = model(next_ids[:, None], state)  # one step: (N, 1) -> (N, 1, V)
-        logits = logits[:, -1]
+        logits, state = stepper.step(next_ids, state)  # one step: (N,) -> (N, V)
 
 
 def encode_prompt(vocab: Vocab, prime: str, config: SampleConfig) -> list[int]:

@@ -7,8 +7,8 @@ import dataclasses
 import random
 import sys
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -150,24 +150,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContext
     if dtype is None:
         return nullcontext()
     return torch.autocast(device.type, dtype=dtype)
-
-
-@contextmanager
-def onednn_off(device: torch.device) -> Iterator[None]:
-    """Run the block on PyTorch's native CPU kernels instead of oneDNN's.
-
-    oneDNN sets up each RNN call at a fixed cost that pays off over a long sequence but
-    dominates a one-token step: decoding a 2 x 200 LSTM at batch 1 runs about twice as fast
-    on the native path. Only the enabled flag changes; TF32 and precision settings stay put.
-    """
-    if device.type != "cpu":
-        yield
-        return
-    previous = torch.backends.mkldnn.set_flags(False, None, None, None)[0]
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.set_flags(previous, None, None, None)
 
 
 def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], obj: Any) -> Any:
