@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from rnnlab.config import resolve_config
+from rnnlab.config import read_preset, resolve_config
 from rnnlab.data.lm_data import LMData, load_lm_data
 from rnnlab.data.vocab import Vocab
 from rnnlab.generation import SampleConfig, generate_ids
@@ -109,25 +109,32 @@ def bench_generation(model: RNNLanguageModel, batch: int, tokens: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="word-small")
-    parser.add_argument("--vocab-size", type=int, default=10_000, help="PTB's is 10,000")
+    parser.add_argument("--vocab-size", type=int,
+                        help="default: 10,000 (PTB's) for word presets, "
+                        "65 (Tiny Shakespeare's) for char presets")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--gen-tokens", type=int, default=300)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--data-dir", help="read real PTB from here instead of Zipfian ids")
+    parser.add_argument("--data-dir", help="read real PTB (char presets: Tiny Shakespeare) from "
+                        "here instead of Zipfian ids")
     args = parser.parse_args()
     set_threads(args.threads)
     device = resolve_device(args.device)
     overrides = dict(item.split("=", 1) for item in args.set)
-    config = resolve_config(preset=args.preset, overrides={"data.corpus": "ptb", **overrides})
+    # A corpus of the preset's own level, so that char presets keep their character vocabulary.
+    level = read_preset(args.preset).get("data", {}).get("level", "word")
+    corpus = "tinyshakespeare" if level == "char" else "ptb"
+    config = resolve_config(preset=args.preset, overrides={"data.corpus": corpus, **overrides})
     if args.data_dir:
         config.data.data_dir = args.data_dir
         data = load_lm_data(config.data)
         vocab = data.vocab
     else:
         generator = torch.Generator().manual_seed(0)
-        vocab = Vocab([f"w{i}" for i in range(args.vocab_size - 2)] + ["<unk>", "<eos>"])
+        vocab_size = args.vocab_size or (65 if config.data.level == "char" else 10_000)
+        vocab = Vocab([f"w{i}" for i in range(vocab_size - 2)] + ["<unk>", "<eos>"])
         needed = (args.steps + 3) * config.data.bptt * 2 * config.data.batch_size
         data = LMData(vocab, {"train": zipf_ids(needed, len(vocab), generator),
                               "valid": zipf_ids(100_000, len(vocab), generator)})
@@ -150,7 +157,7 @@ def main() -> None:
         "device": str(device),
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
-        "data": "ptb" if args.data_dir else "zipfian ids",
+        "data": config.data.corpus if args.data_dir else "zipfian ids",
         "vocab_size": len(vocab),
         "output": config.model.output,
         "batch_size": config.data.batch_size,
