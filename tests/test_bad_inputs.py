@@ -325,6 +325,9 @@ CASES: dict[str, Case] = {
     "resume-longer-budget-with-corrupted-state": Case(
         [*RESUME, "--max-steps", "50"], "trainer.pt is corrupted",
         write("run/trainer.pt", b"garbage"), run="word"),
+    "resume-with-init-from": Case([*RESUME, "--init-from", "run"],
+                                  "--init-from starts a new run", run="word"),
+    "init-from-missing-run": Case([*TRAIN, "--init-from", "nope"], "run directory not found"),
     "resume-with-preset": Case([*RESUME, "--preset", "synthetic"],
                                "only budget and train.* options may change", run="word"),
     "resume-with-model-option": Case([*RESUME, "--set", "model.hidden_size=16"],

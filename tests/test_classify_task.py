@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import rnnlab
-from rnnlab.config import resolve_config
+from rnnlab.config import DataConfig, resolve_config
+from rnnlab.data.lm_data import load_lm_data
 from rnnlab.errors import RnnlabError
 from rnnlab.training.classify_task import (
     ClassificationTask,
@@ -192,22 +193,40 @@ def test_unknown_test_label_and_one_class(tmp_path):
         build_classification_task(_config(tmp_path, **{"data.train": str(single)}), CPU)
 
 
-def test_imdb_corpus_from_the_data_dir(tmp_path):
-    folder = tmp_path / "imdb"
+def write_imdb(root: Path) -> None:
+    """A tiny stand-in for ``root/imdb/{train,test,unsup}.jsonl.gz``; test reviews say "sequel"."""
+    folder = root / "imdb"
     folder.mkdir()
     rng = random.Random(0)
     for split, n in (("train", 40), ("test", 10), ("unsup", 2)):
-        rows = [{"text": f"{rng.choice(_CUES['pos' if i % 2 else 'neg'])} movie",
+        noun = "sequel" if split == "test" else "movie"
+        rows = [{"text": f"{rng.choice(_CUES['pos' if i % 2 else 'neg'])} {noun}<br />Yes!",
                  "label": i % 2, "rating": 8 if i % 2 else 2, "id": f"{split}/x/{i}_1"}
                 for i in range(n)]
+        if split == "unsup":
+            rows = [{"text": r["text"], "id": r["id"]} for r in rows]
         rng.shuffle(rows)
         with gzip.open(folder / f"{split}.jsonl.gz", "wt", encoding="utf-8") as out:
             out.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def test_imdb_corpus_from_the_data_dir(tmp_path):
+    write_imdb(tmp_path)
     config = _config(tmp_path, **{"data.corpus": "imdb", "data.data_dir": str(tmp_path),
                                   "data.text_field": "text", "data.label_field": "label"})
     task = build_classification_task(config, CPU)
     assert task.label_names == ["neg", "pos"]
     assert {s: len(e) for s, e in task.sets.items()} == {"train": 36, "valid": 4, "test": 10}
+
+
+def test_imdb_text_is_unlabelled_and_training_reviews_as_the_classifier_reads_them(tmp_path):
+    write_imdb(tmp_path)
+    data = load_lm_data(DataConfig(corpus="imdb-text", data_dir=str(tmp_path), split=[0.5, 0.5]))
+    words = [data.vocab.itos[i] for s in ("train", "valid") for i in data.splits[s].tolist()]
+    # 42 reviews of "<cue> movie <br /> Yes!" tokenised: cue, movie, yes, !, then <eos>.
+    assert len(words) == 42 * 5 and words.count("<eos>") == 42
+    assert {"movie", "yes", "!"} <= set(words) and "sequel" not in words  # never the test set
+    assert not any("<br" in w or "Yes" in w for w in words)
 
 
 def test_end_to_end_run_with_the_trainer(tmp_path):

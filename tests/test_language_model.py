@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from rnnlab.config import CELLS, ModelConfig, TrainConfig
-from rnnlab.models.cells import State
+from rnnlab.models.cells import State, make_rnn
 from rnnlab.models.language_model import RNNLanguageModel
 from rnnlab.training.lm_task import evaluate_stream
 from rnnlab.training.metrics import lm_metrics, perplexity
@@ -243,3 +243,14 @@ def test_perplexity_caps_overflow() -> None:
     assert perplexity(0.0) == 1.0
     assert perplexity(math.log(42.0)) == pytest.approx(42.0)
     assert perplexity(10_000.0) == float("inf")
+
+
+
+def test_lstm_forget_gates_start_open() -> None:
+    """A forget-gate bias of 1 (in the input bias; the hidden bias adds 0) in every layer."""
+    rnn = make_rnn("lstm", 8, 16, 2, bidirectional=True)
+    for name, bias in rnn.named_parameters():
+        if name.startswith("bias_"):
+            expected = 1.0 if name.startswith("bias_ih") else 0.0
+            assert torch.all(bias[16:32] == expected), name
+            assert not torch.all(bias[:16] == expected), name  # the other gates are left as is

@@ -128,15 +128,21 @@ def save_weights(model: nn.Module, path: str | Path,
     _fsync_dir(path.parent)
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load safetensors weights into ``model``; clear errors for missing, corrupt or mismatched."""
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, on the CPU; clear errors for missing or corrupt."""
     path = Path(path)
     if not path.exists():
         raise RnnlabError(f"weights file not found: {path}")
     try:
-        tensors = load_file(path, device="cpu")
+        return load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise RnnlabError(f"{path} is corrupted or not a safetensors file ({exc})") from None
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load safetensors weights into ``model``; clear errors for missing, corrupt or mismatched."""
+    path = Path(path)
+    tensors = read_weights(path)
     expected = model.state_dict()
     missing = [k for k in expected if k not in tensors and not _is_tied(model, k)]
     unexpected = [k for k in tensors if k not in expected]

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--config", metavar="FILE.toml")
     recipe.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.lr=3e-3 (repeatable)")
+    recipe.add_argument("--init-from", metavar="RUN",
+                        help="start from a finished run's embeddings (matched by word) and "
+                             "same-shaped recurrent weights, e.g. a language model")
     budget = train.add_argument_group("budget and run")
     budget.add_argument("--epochs", type=int)
     budget.add_argument("--max-steps", type=int)
@@ -181,7 +184,7 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "data.level": args.level, "data.data_dir": args.data_dir, "train.epochs": args.epochs,
         "train.max_steps": args.max_steps, "train.max_minutes": args.max_minutes,
         "train.seed": args.seed, "train.device": args.device, "train.threads": args.threads,
-        "train.precision": args.precision,
+        "train.precision": args.precision, "train.init_from": args.init_from,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
     return values
@@ -207,6 +210,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         if args.resume:
             allowed = {k: v for k, v in overrides.items() if k.startswith("train.")}
+            if args.init_from:
+                raise RnnlabError("--init-from starts a new run; a resumed run continues from "
+                                  "its own checkpoint")
             if set(overrides) - set(allowed) or args.preset or args.config:
                 raise RnnlabError("--resume continues a run as configured; only budget and "
                                   "train.* options may change")

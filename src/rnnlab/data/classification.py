@@ -27,7 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rnnlab.data.corpora import Corpus, RemoteFile, corpus_files, data_dir, register
+from rnnlab.data.corpora import (
+    CORPORA,
+    Corpus,
+    RemoteFile,
+    corpus_files,
+    data_dir,
+    register,
+)
 from rnnlab.data.download import download, sha256_of
 from rnnlab.data.vocab import PAD, UNK, Vocab
 from rnnlab.errors import RnnlabError
@@ -258,6 +265,31 @@ register(Corpus(
           for split in IMDB_SPLITS),
     prepare=lambda base: prepare_imdb(base),
 ))
+register(Corpus(
+    "imdb-text", "lm", "word",
+    "IMDB's 50k unlabelled + 25k training reviews as text (no test), to pretrain a classifier",
+    tuple(f for f in CORPORA["imdb"].files if f.split != "test"),
+    prepare=lambda base: prepare_imdb(base),
+    read_text=lambda base: imdb_review_text(base),
+))
+
+
+def imdb_review_text(root: str | Path | None = None) -> str:
+    """IMDB's unlabelled and training reviews, one per line, tokenised as the classifier
+    tokenises them, so that a language model trained on it shares the classifier's words.
+    The test reviews are left out: a model pretrained on them would have read the test set."""
+    files = imdb_files(root)
+    lines = []
+    for split in ("unsup", "train"):
+        path = files[split]
+        try:
+            with _open_binary(path) as handle:
+                for line, record in _json_records(_decoded_lines(handle, path), path, ".jsonl"):
+                    lines.append(" ".join(tokenize(str(_field(record, "text", "text", path,
+                                                              line)))))
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise RnnlabError(f"{path} is not a readable gzip file ({exc})") from None
+    return "\n".join(lines) + "\n"
 
 
 def imdb_files(

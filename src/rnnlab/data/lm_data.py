@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rnnlab.config import DataConfig
-from rnnlab.data.corpora import corpus_files, get_corpus
+from rnnlab.data.corpora import corpus_files, data_dir, get_corpus
 from rnnlab.data.synthetic import SyntheticSplits, synthetic_splits
 from rnnlab.data.text import read_text, split_text, tokenize
 from rnnlab.data.vocab import EOS, UNK, UNK_CHAR, Vocab
@@ -71,6 +71,8 @@ def _split_texts(config: DataConfig) -> dict[str, str]:
     """Raw text per split from a known corpus, --train/--valid/--test files, or one --text file."""
     if config.corpus:
         corpus = get_corpus(config.corpus)
+        if corpus.read_text is not None:
+            return _by_fraction(corpus.read_text(data_dir(config.data_dir)), config)
         if corpus.task != "lm":
             raise RnnlabError(f"corpus '{config.corpus}' is for --task {corpus.task}, not lm")
         paths = corpus_files(config.corpus, config.data_dir)

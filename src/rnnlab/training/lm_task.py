@@ -11,6 +11,7 @@ from rnnlab import distributed
 from rnnlab.config import RunConfig
 from rnnlab.data.batching import batchify, window_lengths, windows
 from rnnlab.data.lm_data import LMData
+from rnnlab.data.vocab import Vocab
 from rnnlab.models.cells import State, detach_state, select_state
 from rnnlab.models.language_model import RNNLanguageModel
 from rnnlab.training.metrics import lm_metrics
@@ -36,6 +37,10 @@ class LanguageModelTask:
         self.streams = batchify(data.splits["train"], config.data.batch_size).to(device)
         self.state: State | None = None
         self.rows = slice(None)  # this rank's streams of the global batch (all of them alone)
+
+    @property
+    def vocab(self) -> Vocab:
+        return self.data.vocab
 
     def shard(self, rank: int, world: int) -> None:
         """Train on rows ``[r*B/W, (r+1)*B/W)`` of the global batch of ``B`` streams only.

@@ -20,6 +20,7 @@ from rnnlab.models.language_model import RNNLanguageModel
 from rnnlab.runtime import seed_everything, set_threads
 from rnnlab.training.lm_task import LanguageModelTask
 from rnnlab.training.trainer import Callback, Trainer, TrainResult
+from rnnlab.training.warm_start import Source, warm_start
 
 
 def build_lm_task(config: RunConfig, device: torch.device) -> LanguageModelTask:
@@ -42,7 +43,7 @@ def save_artifacts(task, run_dir: Path) -> None:
     if hasattr(task, "save_artifacts"):
         task.save_artifacts(run_dir)
     else:
-        task.data.vocab.save(run_dir / ckpt.VOCAB)
+        task.vocab.save(run_dir / ckpt.VOCAB)
 
 
 def default_run_dir(config: RunConfig) -> Path:
@@ -68,9 +69,15 @@ def train(config: RunConfig, out: str | Path | None = None, *,
             raise RnnlabError(
                 f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
         seed_everything(config.train.seed)
+        source = Source.read(config.train.init_from) if config.train.init_from else None
         with distributed.main_first():  # rank 0 fills any data cache before the others read it
             task = BUILDERS[config.task](config, device)
+        started = None
+        if source:  # before the optimiser exists; a resume restores its own weights instead
+            started = warm_start(task.model, task.vocab, source)
         if distributed.is_main():
+            if started:
+                print(started.describe(config.train.init_from), flush=True)
             run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.save_config(config, run_dir)
             save_artifacts(task, run_dir)

@@ -13,9 +13,12 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from rnnlab.data.vocab import Vocab
+
 
 class Task(Protocol):
     model: nn.Module
+    vocab: Vocab  # saved in the run directory; what token ids mean
     #: the metric that picks the best checkpoint, e.g. "loss" (lower is better) or "accuracy"
     best_metric: str
     higher_is_better: bool
