@@ -93,33 +93,39 @@ def read_examples(
     ``rename`` maps label names, e.g. ``{"0": "neg", "1": "pos"}``.
     """
     path = Path(path)
+    texts: list[str] = []
+    labels: list[str] = []
+    lines: list[int] = []
+    for line, record in records(path):
+        text = _field(record, text_field, "text", path, line)
+        label = _label(_field(record, label_field, "label", path, line), path, line)
+        if not isinstance(text, str):
+            raise RnnlabError(f"{path}, line {line}: field '{text_field}' is not a string")
+        if not text.strip():
+            raise RnnlabError(f"{path}, line {line}: the text is empty")
+        texts.append(text)
+        labels.append(rename.get(label, label) if rename else label)
+        lines.append(line)
+    if not texts:
+        raise RnnlabError(f"{path} contains no examples (the file is empty)")
+    return Examples(texts, labels, lines, str(path))
+
+
+def records(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of a table or JSON-lines file (gzipped or not), by extension;
+    unreadable files raise :class:`RnnlabError`."""
     fmt = _format_of(path)
     if not path.is_file():
         raise RnnlabError(f"file not found: {path}" if not path.exists()
                           else f"{path} is not a file")
     reader = _json_records if fmt in (".jsonl", ".ndjson") else _table_records
-    texts: list[str] = []
-    labels: list[str] = []
-    lines: list[int] = []
     try:
         with _open_binary(path) as handle:
-            for line, record in reader(_decoded_lines(handle, path), path, fmt):
-                text = _field(record, text_field, "text", path, line)
-                label = _label(_field(record, label_field, "label", path, line), path, line)
-                if not isinstance(text, str):
-                    raise RnnlabError(f"{path}, line {line}: field '{text_field}' is not a string")
-                if not text.strip():
-                    raise RnnlabError(f"{path}, line {line}: the text is empty")
-                texts.append(text)
-                labels.append(rename.get(label, label) if rename else label)
-                lines.append(line)
+            yield from reader(_decoded_lines(handle, path), path, fmt)
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise RnnlabError(f"{path} is not a readable gzip file ({exc})") from None
     except OSError as exc:
         raise RnnlabError(f"cannot read {path} ({exc.strerror or exc})") from None
-    if not texts:
-        raise RnnlabError(f"{path} contains no examples (the file is empty)")
-    return Examples(texts, labels, lines, str(path))
 
 
 def _format_of(path: Path) -> str:
@@ -279,16 +285,8 @@ def imdb_review_text(root: str | Path | None = None) -> str:
     tokenises them, so that a language model trained on it shares the classifier's words.
     The test reviews are left out: a model pretrained on them would have read the test set."""
     files = imdb_files(root)
-    lines = []
-    for split in ("unsup", "train"):
-        path = files[split]
-        try:
-            with _open_binary(path) as handle:
-                for line, record in _json_records(_decoded_lines(handle, path), path, ".jsonl"):
-                    lines.append(" ".join(tokenize(str(_field(record, "text", "text", path,
-                                                              line)))))
-        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-            raise RnnlabError(f"{path} is not a readable gzip file ({exc})") from None
+    lines = [" ".join(tokenize(str(_field(record, "text", "text", files[split], line))))
+             for split in ("unsup", "train") for line, record in records(files[split])]
     return "\n".join(lines) + "\n"
 
 
