@@ -57,7 +57,7 @@ def test_shared_words_and_forward_layer_are_copied(lm_run: Path) -> None:
     for name in forward:
         assert torch.equal(state[name], source[name])
         assert torch.equal(state[f"{name}_reverse"], fresh[f"{name}_reverse"])
-    assert "3 of 5 words and 4 recurrent tensors" in started.describe(lm_run)
+    assert "3 of 5 words and 4 recurrent tensors" in started.describe()
 
 
 def test_another_cell_takes_the_embeddings_only(lm_run: Path) -> None:

@@ -77,7 +77,7 @@ def train(config: RunConfig, out: str | Path | None = None, *,
             started = warm_start(task.model, task.vocab, source)
         if distributed.is_main():
             if started:
-                print(started.describe(config.train.init_from), flush=True)
+                print(started.describe(), flush=True)
             run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.save_config(config, run_dir)
             save_artifacts(task, run_dir)

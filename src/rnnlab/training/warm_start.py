@@ -23,15 +23,16 @@ from rnnlab.errors import RnnlabError
 
 @dataclass
 class WarmStart:
-    """What was copied: embedding rows (of how many) and recurrent tensors by name."""
+    """What was copied from ``source``: embedding rows (of how many) and recurrent tensors."""
 
+    source: Path
     words: int
     vocab_size: int
     recurrent: list[str]
 
-    def describe(self, source: str | Path) -> str:
+    def describe(self) -> str:
         layers = f" and {len(self.recurrent)} recurrent tensors" if self.recurrent else ""
-        return (f"started from {source}: embeddings of {self.words:,} of {self.vocab_size:,} "
+        return (f"started from {self.source}: embeddings of {self.words:,} of {self.vocab_size:,} "
                 f"words{layers}")
 
 
@@ -86,4 +87,4 @@ def warm_start(model: nn.Module, vocab: Vocab, source: Source) -> WarmStart:
                     and tensor.shape == param.shape:
                 param.copy_(tensor)
                 recurrent.append(f"rnn.{name}")
-    return WarmStart(len(pairs), len(vocab), recurrent)
+    return WarmStart(source.run_dir, len(pairs), len(vocab), recurrent)
