@@ -60,6 +60,16 @@ def test_shared_words_and_forward_layer_are_copied(lm_run: Path) -> None:
     assert "3 of 5 words and 4 recurrent tensors" in started.describe()
 
 
+def test_recurrent_weights_stay_fresh_when_not_asked_for(lm_run: Path) -> None:
+    model, vocab = _classifier()
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    started = warm_start(model, vocab, Source.read(lm_run), recurrent_weights=False)
+    assert started.words == 3 and started.recurrent == []
+    assert not torch.equal(model.embedding.weight, fresh["embedding.weight"])
+    for name, tensor in model.rnn.state_dict().items():
+        assert torch.equal(tensor, fresh[f"rnn.{name}"])
+
+
 def test_another_cell_takes_the_embeddings_only(lm_run: Path) -> None:
     model, vocab = _classifier(cell="gru")
     started = warm_start(model, vocab, Source.read(lm_run))
@@ -104,11 +114,13 @@ def test_training_from_a_language_model(lm_run: Path, tmp_path: Path, capsys) ->
     source = ckpt.read_weights(lm_run / ckpt.BEST)
     vocab, source_vocab = Vocab.load(run / ckpt.VOCAB), Vocab.load(lm_run / ckpt.VOCAB)
     cat, source_cat = vocab.stoi["cat"], source_vocab.stoi["cat"]
-    # One step at a negligible learning rate: still the language model's weights.
+    # One step at a negligible learning rate: still the language model's embeddings, but not
+    # its LSTM (the preset's init_recurrent = false).
     assert torch.allclose(weights["embedding.weight"][cat], source["embedding.weight"][source_cat],
                           atol=1e-6)
-    assert torch.allclose(weights["rnn.weight_hh_l0"], source["rnn.weight_hh_l0"], atol=1e-6)
+    assert not torch.allclose(weights["rnn.weight_hh_l0"], source["rnn.weight_hh_l0"], atol=1e-3)
     assert ckpt.load_config(run).train.init_from == str(lm_run)
+    assert ckpt.load_config(run).train.init_recurrent is False
 
 
 def test_a_language_model_can_start_from_another(lm_run: Path, tmp_path: Path) -> None:

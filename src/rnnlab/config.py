@@ -144,9 +144,10 @@ class TrainConfig:
     threads: int = 0  # 0: PyTorch's default
     device: str = "auto"
     precision: str = "fp32"
-    # A finished run to start from: its embeddings (matched by word) and same-shaped recurrent
-    # weights, e.g. a language model trained on unlabelled text for a classifier.
+    # A finished run to start from: its embeddings (matched by word) and, with init_recurrent,
+    # its same-shaped recurrent weights, e.g. a language model trained on unlabelled text.
     init_from: str | None = None
+    init_recurrent: bool = True
 
     def validate(self) -> None:
         _choice("train.optimizer", self.optimizer, OPTIMIZERS)

@@ -74,7 +74,7 @@ def train(config: RunConfig, out: str | Path | None = None, *,
             task = BUILDERS[config.task](config, device)
         started = None
         if source:  # before the optimiser exists; a resume restores its own weights instead
-            started = warm_start(task.model, task.vocab, source)
+            started = warm_start(task.model, task.vocab, source, config.train.init_recurrent)
         if distributed.is_main():
             if started:
                 print(started.describe(), flush=True)

@@ -5,7 +5,9 @@ The use in mind is ULMFiT's (Howard & Ruder, 2018) in its simplest form: a langu
 trained on plentiful unlabelled text lends a classifier what it learnt about words, so the
 classifier's few labelled examples go into the task rather than into learning English.
 Only the forward direction of a recurrent layer is copied: a forward language model knows
-nothing of reading backwards.
+nothing of reading backwards. Whether the recurrent weights help is an empirical question:
+a language model's LSTM is tuned to predict the next word, and for IMDB sentiment the
+embeddings alone gave the better classifier (see the imdb-bilstm preset).
 """
 
 from __future__ import annotations
@@ -57,12 +59,13 @@ class Source:
         return cls(run_dir, config.model.cell, vocab, tensors)
 
 
-def warm_start(model: nn.Module, vocab: Vocab, source: Source) -> WarmStart:
+def warm_start(model: nn.Module, vocab: Vocab, source: Source,
+               recurrent_weights: bool = True) -> WarmStart:
     """Copy ``source``'s weights into ``model`` (whose vocabulary is ``vocab``) in place.
 
-    Words missing from the source keep their fresh initialisation. Recurrent tensors are
-    copied when the source used the same cell and the tensor has the same name and shape
-    (``rnn.weight_ih_l0`` etc.); reverse directions are left alone.
+    Words missing from the source keep their fresh initialisation. With ``recurrent_weights``,
+    recurrent tensors are copied too when the source used the same cell and the tensor has the
+    same name and shape (``rnn.weight_ih_l0`` etc.); reverse directions are left alone.
     """
     embedding = getattr(model, "embedding", None)
     if embedding is None:
@@ -80,10 +83,10 @@ def warm_start(model: nn.Module, vocab: Vocab, source: Source) -> WarmStart:
             rows = torch.tensor([i for i, _ in pairs], device=embedding.weight.device)
             source_rows = torch.tensor([j for _, j in pairs])
             embedding.weight[rows] = source_embedding[source_rows].to(embedding.weight)
-        same_cell = source.cell == model.config.cell
+        copy_recurrent = recurrent_weights and source.cell == model.config.cell
         for name, param in model.rnn.named_parameters():
             tensor = source.tensors.get(f"rnn.{name}")
-            if same_cell and "reverse" not in name and tensor is not None \
+            if copy_recurrent and "reverse" not in name and tensor is not None \
                     and tensor.shape == param.shape:
                 param.copy_(tensor)
                 recurrent.append(f"rnn.{name}")
