@@ -8,6 +8,7 @@ from torch import nn
 from rnnlab.config import ModelConfig
 from rnnlab.models.cells import State, make_rnn
 from rnnlab.models.regularization import LockedDropout, embedding_dropout
+from rnnlab.models.softmax_loss import linear_cross_entropy
 
 
 class RNNLanguageModel(nn.Module):
@@ -91,7 +92,8 @@ class RNNLanguageModel(nn.Module):
         if self.adaptive is not None:
             token_nll = -self.adaptive(flat, goal).output
             return (token_nll.mean() if reduction == "mean" else token_nll.sum()), state
-        return nn.functional.cross_entropy(self.decoder(flat), goal, reduction=reduction), state
+        loss = linear_cross_entropy(flat, self.decoder.weight, self.decoder.bias, goal, reduction)
+        return loss, state
 
     def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
         """The zero state for ``batch_size`` streams."""

@@ -1,0 +1,83 @@
+"""Output layer and cross-entropy in one autograd step, for the full softmax on a CPU.
+
+``F.cross_entropy(F.linear(x, W, b), y)`` is right everywhere but, on a CPU, spends a training
+step's non-matmul time on passes over the (tokens x vocabulary) logits: the loss's backward
+fills a zero tensor of that size and the log-softmax backward reads two and writes one. Here
+the backward is ``softmax(logits) - one_hot``, and the loss scale is applied to the much
+smaller products instead of to the logits' gradient.
+
+The weight gradient is also computed in blocks of vocabulary rows: for a 650-wide layer over
+10,000 words, MKL's single ``grad.T @ x`` ran at ~105 GFLOP/s here against ~130 in blocks of
+1,024 rows (2-core EPYC, torch 2.13); each block writes a contiguous slice of the result.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+VOCAB_BLOCK = 1024
+
+
+def linear_cross_entropy(
+    features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+    targets: torch.Tensor, reduction: str = "mean",
+) -> torch.Tensor:
+    """``cross_entropy(features @ weight.T + bias, targets)`` for (N, D) features, (N,) targets.
+
+    Same value and gradients as the two PyTorch calls; the fused path runs for float32 CPU
+    tensors outside autocast, anything else takes the plain one.
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    if targets.numel() == 0 or not _fused_applies(features, weight):
+        return F.cross_entropy(F.linear(features, weight, bias), targets, reduction=reduction)
+    scale = 1.0 / targets.numel() if reduction == "mean" else 1.0
+    return _LinearCrossEntropy.apply(features, weight, bias, targets.long(), scale)
+
+
+def _fused_applies(features: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (features.device.type == "cpu" and features.dtype == torch.float32
+            and weight.dtype == torch.float32 and not _cpu_autocast_on())
+
+
+def _cpu_autocast_on() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 has no device argument here
+        return torch.is_autocast_cpu_enabled()
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, features, weight, bias, targets, scale):  # type: ignore[override]
+        features = features.contiguous()
+        logits = features @ weight.t() if bias is None else torch.addmm(bias, features, weight.t())
+        loss = torch.log_softmax(logits, dim=1).gather(1, targets[:, None]).sum().neg() * scale
+        ctx.save_for_backward(features, weight, targets, logits)
+        ctx.scale = scale
+        ctx.has_bias = bias is not None
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):  # type: ignore[override]
+        features, weight, targets, logits = ctx.saved_tensors
+        # softmax() rather than exp() of saved log-probabilities: torch.exp crawls on inputs far
+        # below -87 (measured 100 ms against 6 over 700 x 10,000), which a peaked model produces.
+        grad = torch.softmax(logits, dim=1)
+        grad.scatter_add_(1, targets[:, None], grad.new_full((grad.shape[0], 1), -1.0))
+        scale = grad_loss * ctx.scale
+        needs = ctx.needs_input_grad
+        grad_features = (grad @ weight).mul_(scale) if needs[0] else None
+        grad_weight = _weight_grad(grad, features).mul_(scale) if needs[1] else None
+        grad_bias = grad.sum(0).mul_(scale) if ctx.has_bias and needs[2] else None
+        return grad_features, grad_weight, grad_bias, None, None
+
+
+def _weight_grad(grad: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """``grad.T @ features`` (V, D), a contiguous block of vocabulary rows at a time."""
+    out = features.new_empty(grad.shape[1], features.shape[1])
+    for start in range(0, grad.shape[1], VOCAB_BLOCK):
+        stop = start + VOCAB_BLOCK
+        torch.mm(grad[:, start:stop].t(), features, out=out[start:stop])
+    return out

@@ -1,0 +1,65 @@
+"""The fused output layer + cross-entropy gives PyTorch's values and gradients."""
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from rnnlab.models import softmax_loss
+from rnnlab.models.softmax_loss import linear_cross_entropy
+
+
+def _grads(loss_fn, features, weight, bias, targets, reduction):
+    leaves = [t.detach().clone().requires_grad_() for t in (features, weight)]
+    if bias is not None:
+        leaves.append(bias.detach().clone().requires_grad_())
+    loss = loss_fn(leaves[0], leaves[1], leaves[2] if bias is not None else None, targets,
+                   reduction)
+    (loss * 1.7).backward()  # a non-unit upstream gradient must scale every gradient
+    return loss.detach(), [leaf.grad for leaf in leaves]
+
+
+def _plain(features, weight, bias, targets, reduction):
+    return F.cross_entropy(F.linear(features, weight, bias), targets, reduction=reduction)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_matches_pytorch_values_and_gradients(monkeypatch, reduction, with_bias):
+    monkeypatch.setattr(softmax_loss, "VOCAB_BLOCK", 7)  # several blocks and a ragged last one
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(40, 12, generator=gen)
+    weight = torch.randn(30, 12, generator=gen) * 3  # peaked: some log-probs far below -87
+    bias = torch.randn(30, generator=gen) if with_bias else None
+    targets = torch.randint(0, 30, (40,), generator=gen)
+    want_loss, want = _grads(_plain, features, weight, bias, targets, reduction)
+    got_loss, got = _grads(linear_cross_entropy, features, weight, bias, targets, reduction)
+    torch.testing.assert_close(got_loss, want_loss)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_non_contiguous_features_and_int32_targets():
+    gen = torch.Generator().manual_seed(1)
+    features = torch.randn(12, 20, generator=gen).t()  # (20, 12), transposed storage
+    weight, bias = torch.randn(9, 12, generator=gen), torch.randn(9, generator=gen)
+    targets = torch.randint(0, 9, (20,), generator=gen)
+    got = linear_cross_entropy(features, weight, bias, targets.int())
+    torch.testing.assert_close(got, _plain(features, weight, bias, targets, "mean"))
+
+
+def test_weight_only_gradient_and_bad_reduction():
+    features = torch.randn(5, 4)
+    weight = torch.randn(6, 4, requires_grad=True)
+    linear_cross_entropy(features, weight, None, torch.tensor([0, 1, 2, 3, 5])).backward()
+    assert weight.grad is not None and weight.grad.shape == (6, 4)
+    with pytest.raises(ValueError, match="reduction"):
+        linear_cross_entropy(features, weight, None, torch.zeros(5, dtype=torch.long), "none")
+
+
+def test_other_dtypes_take_the_plain_path():
+    features = torch.randn(5, 4, dtype=torch.float64)
+    weight = torch.randn(6, 4, dtype=torch.float64)
+    targets = torch.tensor([0, 1, 2, 3, 5])
+    got = linear_cross_entropy(features, weight, None, targets, "sum")
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, _plain(features, weight, None, targets, "sum"))
