@@ -63,3 +63,24 @@ def test_other_dtypes_take_the_plain_path():
     got = linear_cross_entropy(features, weight, None, targets, "sum")
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, _plain(features, weight, None, targets, "sum"))
+
+
+def test_a_target_probability_that_underflows_keeps_an_exact_finite_loss():
+    # Row 0's target sits 200 nats below the best word: exp(-200) is 0 in float32.
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    weight = torch.tensor([[200.0, 0.0], [0.0, 0.0], [0.0, 3.0]], requires_grad=True)
+    targets = torch.tensor([1, 2])
+    got_loss, got = _grads(linear_cross_entropy, features, weight, None, targets, "sum")
+    want_loss, want = _grads(_plain, features, weight, None, targets, "sum")
+    assert torch.isfinite(got_loss) and got_loss > 200
+    torch.testing.assert_close(got_loss, want_loss)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+
+
+def test_backpropagating_twice_is_refused():
+    weight = torch.randn(6, 4, requires_grad=True)
+    loss = linear_cross_entropy(torch.randn(3, 4), weight, None, torch.tensor([0, 1, 5]))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="twice"):
+        loss.backward()
