@@ -41,10 +41,15 @@ def test_matches_pytorch_values_and_gradients(monkeypatch, reduction, with_bias)
 def test_non_contiguous_features_and_int32_targets():
     gen = torch.Generator().manual_seed(1)
     features = torch.randn(12, 20, generator=gen).t()  # (20, 12), transposed storage
-    weight, bias = torch.randn(9, 12, generator=gen), torch.randn(9, generator=gen)
+    weight = torch.randn(9, 12, generator=gen).requires_grad_()  # the fused path
+    bias = torch.randn(9, generator=gen)
     targets = torch.randint(0, 9, (20,), generator=gen)
-    got = linear_cross_entropy(features, weight, bias, targets.int())
-    torch.testing.assert_close(got, _plain(features, weight, bias, targets, "mean"))
+    want = _plain(features, weight, bias, targets, "mean")
+    fused = linear_cross_entropy(features, weight, bias, targets.int())
+    with torch.no_grad():  # evaluation: PyTorch's own loss
+        plain = linear_cross_entropy(features, weight, bias, targets.int())
+    torch.testing.assert_close(fused, want)
+    torch.testing.assert_close(plain, want)
 
 
 def test_weight_only_gradient_and_bad_reduction():

@@ -28,19 +28,22 @@ def linear_cross_entropy(
 ) -> torch.Tensor:
     """``cross_entropy(features @ weight.T + bias, targets)`` for (N, D) features, (N,) targets.
 
-    Same value and gradients as the two PyTorch calls; the fused path runs for float32 CPU
-    tensors outside autocast, anything else takes the plain one.
+    Same value and gradients as the two PyTorch calls; the fused path runs when gradients are
+    wanted for float32 CPU tensors outside autocast, anything else takes the plain one.
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    targets = targets.long()
     if targets.numel() == 0 or not _fused_applies(features, weight):
         return F.cross_entropy(F.linear(features, weight, bias), targets, reduction=reduction)
     scale = 1.0 / targets.numel() if reduction == "mean" else 1.0
-    return _LinearCrossEntropy.apply(features, weight, bias, targets.long(), scale)
+    return _LinearCrossEntropy.apply(features, weight, bias, targets, scale)
 
 
 def _fused_applies(features: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (features.device.type == "cpu" and features.dtype == torch.float32
+    # Without a backward pass to feed (evaluation) PyTorch's own loss is as fast as this one.
+    wants_grad = torch.is_grad_enabled() and (features.requires_grad or weight.requires_grad)
+    return (wants_grad and features.device.type == "cpu" and features.dtype == torch.float32
             and weight.dtype == torch.float32 and not _cpu_autocast_on())
 
 
