@@ -61,8 +61,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         logits = features @ weight.t() if bias is None else torch.addmm(bias, features, weight.t())
         rows = targets[:, None]
         # Probabilities, not log-probabilities: the backward pass is made from them in place, so
-        # the logits are read once. log(p) is exact enough while p is a normal float; rows whose
-        # target probability underflowed (a confidently wrong model) are redone in log space.
+        # no pass over the logits is repeated there. log(p) is exact enough while p is a normal
+        # float; rows whose target probability underflowed (a confidently wrong model) are redone
+        # in log space.
         probs = torch.softmax(logits, dim=1)
         target_probs = probs.gather(1, rows)
         log_probs = target_probs.log()
