@@ -72,7 +72,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
             log_probs[tiny] = torch.log_softmax(logits[tiny], dim=1).gather(1, rows[tiny])
         ctx.save_for_backward(features, weight, targets, probs)
         ctx.scale = scale
-        ctx.has_bias = bias is not None
         ctx.spent = False
         return log_probs.sum().neg() * scale
 
@@ -87,7 +86,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         needs = ctx.needs_input_grad
         grad_features = (grad @ weight).mul_(scale) if needs[0] else None
         grad_weight = _weight_grad(grad, features).mul_(scale) if needs[1] else None
-        grad_bias = grad.sum(0).mul_(scale) if ctx.has_bias and needs[2] else None
+        grad_bias = grad.sum(0).mul_(scale) if needs[2] else None  # False for a None bias
         return grad_features, grad_weight, grad_bias, None, None
 
 
