@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from rnnlab.config import ModelConfig
-from rnnlab.models.cells import State, make_rnn
+from rnnlab.models.cells import State, make_rnn, run_stack
 from rnnlab.models.regularization import LockedDropout, embedding_dropout
 from rnnlab.models.softmax_loss import linear_cross_entropy
 
@@ -68,7 +68,7 @@ class RNNLanguageModel(nn.Module):
     ) -> tuple[torch.Tensor, State]:
         """(B, T) ids -> (B, T, D) inputs of the output layer, and the new state."""
         x = self.input_dropout(self.encode(tokens))  # (B, T, E)
-        out, state = self.rnn(x, state)  # (B, T, H)
+        out, state = run_stack(self.rnn, x, state)  # (B, T, H)
         out = self.output_dropout(out)
         if self.projection is not None:
             out = self.projection(out)  # (B, T, E)

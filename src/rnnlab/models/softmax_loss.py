@@ -58,18 +58,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features, weight, bias, targets, scale):  # type: ignore[override]
         features = features.contiguous()
-        logits = features @ weight.t() if bias is None else torch.addmm(bias, features, weight.t())
         rows = targets[:, None]
         # Probabilities, not log-probabilities: the backward pass is made from them in place, so
-        # no pass over the logits is repeated there. log(p) is exact enough while p is a normal
-        # float; rows whose target probability underflowed (a confidently wrong model) are redone
-        # in log space.
-        probs = torch.softmax(logits, dim=1)
+        # no pass over the logits is repeated there. They overwrite the logits (softmax reads
+        # each row before writing it), which spares a second (tokens x vocabulary) buffer.
+        logits = _logits(features, weight, bias)
+        probs = torch.softmax(logits, dim=1, out=logits)
         target_probs = probs.gather(1, rows)
         log_probs = target_probs.log()
+        # log(p) is exact enough while p is a normal float; rows whose target probability
+        # underflowed (a confidently wrong model) are recomputed in log space.
         tiny = (target_probs < torch.finfo(probs.dtype).tiny).squeeze(1)
         if bool(tiny.any()):
-            log_probs[tiny] = torch.log_softmax(logits[tiny], dim=1).gather(1, rows[tiny])
+            logits = _logits(features[tiny], weight, bias)
+            log_probs[tiny] = torch.log_softmax(logits, dim=1).gather(1, rows[tiny])
         ctx.save_for_backward(features, weight, targets, probs)
         ctx.scale = scale
         ctx.spent = False
@@ -88,6 +90,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_weight = _weight_grad(grad, features).mul_(scale) if needs[1] else None
         grad_bias = grad.sum(0).mul_(scale) if needs[2] else None  # False for a None bias
         return grad_features, grad_weight, grad_bias, None, None
+
+
+def _logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+            ) -> torch.Tensor:
+    return features @ weight.t() if bias is None else torch.addmm(bias, features, weight.t())
 
 
 def _weight_grad(grad: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
