@@ -6,6 +6,12 @@ and 16 through the sampler. FLOPs count matmuls only: forward = 2 x (sum over la
 gates*H x (input + H), plus the output layer) per token; training = 3 x forward. ``mfu`` is
 achieved training FLOP/s over the measured matmul FLOP/s.
 
+A shared VM's speed drifts by 10-20% within a minute (the 2-core EPYC here read its matmul peak
+anywhere from 134 to 170 GFLOP/s in twelve consecutive readings), so the ratios are taken from
+measurements made side by side: rounds of a few training steps, a slice of evaluation and a
+peak reading. ``mfu`` is the median over rounds of the round's training FLOP/s over the higher
+of the two peak readings around it, ``eval_over_train`` the median of each round's ratio.
+
     python benchmarks/lm_throughput.py --preset word-medium
 """
 
@@ -14,8 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -83,13 +92,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_training(trainer: Trainer, task: LanguageModelTask, steps: int, warmup: int,
-                   device) -> float:
-    batches = task.batches(0)
-    # Warm-up: oneDNN primitive caches and the allocator's heap. On the 2-core VM word-medium's
-    # first steps took 682, 595, 548, 531, 524 ms before settling near 480, so 3 were too few.
-    for _ in range(warmup):
-        trainer.train_step(next(batches))
+def timed_training(trainer: Trainer, batches: Iterator, steps: int, device) -> tuple[int, float]:
+    """Targets trained on and seconds taken by ``steps`` training steps."""
     _sync(device)
     start = time.perf_counter()
     tokens = 0
@@ -98,7 +102,52 @@ def bench_training(trainer: Trainer, task: LanguageModelTask, steps: int, warmup
         trainer.train_step((inputs, targets))
         tokens += targets.numel()
     _sync(device)
-    return tokens / (time.perf_counter() - start)
+    return tokens, time.perf_counter() - start
+
+
+def timed_evaluation(model: RNNLanguageModel, ids: torch.Tensor, config, device
+                     ) -> tuple[int, float]:
+    """Targets scored and seconds taken by the evaluator over ``ids``."""
+    start = time.perf_counter()
+    _, count = evaluate_stream(model, ids, config.data.eval_batch_size, config.data.bptt, device)
+    _sync(device)
+    return count, time.perf_counter() - start
+
+
+def bench_rounds(trainer: Trainer, task: LanguageModelTask, eval_ids: torch.Tensor, config,
+                 device, *, train_flops: float, steps: int, rounds: int, warmup: int
+                 ) -> dict[str, Any]:
+    """Training, evaluation and the matmul peak measured in alternation (see the docstring);
+    ``train_flops`` per token."""
+    batches = task.batches(0)
+    # Warm-up: oneDNN primitive caches and the allocator's heap. On the 2-core VM word-medium's
+    # first steps took 682, 595, 548, 531, 524 ms before settling near 480, so 3 were too few.
+    timed_training(trainer, batches, warmup, device)
+    timed_evaluation(task.model, eval_ids[:5000], config, device)
+    peaks = [matmul_flops_per_s(device)]
+    train, evaluation = [], []
+    for part, eval_part in zip(_split(steps, rounds), eval_ids.tensor_split(rounds), strict=True):
+        train.append(timed_training(trainer, batches, part, device))
+        evaluation.append(timed_evaluation(task.model, eval_part, config, device))
+        peaks.append(matmul_flops_per_s(device))
+    train_tps = [tokens / seconds for tokens, seconds in train]
+    eval_tps = [tokens / seconds for tokens, seconds in evaluation]
+    around = [max(before, after) for before, after in zip(peaks, peaks[1:], strict=False)]
+    return {
+        "train_tokens_per_s": sum(t for t, _ in train) / sum(s for _, s in train),
+        "eval_tokens_per_s": sum(t for t, _ in evaluation) / sum(s for _, s in evaluation),
+        "peaks": peaks,
+        "mfu": statistics.median(train_flops * tps / peak
+                                 for tps, peak in zip(train_tps, around, strict=True)),
+        "eval_over_train": statistics.median(e / t for e, t in zip(eval_tps, train_tps,
+                                                                    strict=True)),
+    }
+
+
+def _split(total: int, parts: int) -> list[int]:
+    """``total`` steps as ``parts`` near-equal positive counts."""
+    parts = max(1, min(parts, total))
+    return [total // parts + (i < total % parts) for i in range(parts)]
 
 
 def bench_generation(model: RNNLanguageModel, batch: int, tokens: int) -> float:
@@ -115,7 +164,9 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int,
                         help="default: 10,000 (PTB's) for word presets, "
                         "65 (Tiny Shakespeare's) for char presets")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps in all")
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="alternations of training, evaluation and peak reading")
     parser.add_argument("--warmup", type=int, default=10, help="untimed training steps first")
     parser.add_argument("--gen-tokens", type=int, default=300)
     parser.add_argument("--device", default="cpu")
@@ -142,23 +193,16 @@ def main() -> None:
         needed = (args.steps + args.warmup) * config.data.bptt * 2 * config.data.batch_size
         data = LMData(vocab, {"train": zipf_ids(needed, len(vocab), generator),
                               "valid": zipf_ids(100_000, len(vocab), generator)})
-    peak_before = matmul_flops_per_s(device)
     torch.manual_seed(0)
     model = RNNLanguageModel(config.model, len(vocab)).to(device)
     task = LanguageModelTask(model, data, config, device)
+    flops = forward_flops_per_token(model, data.splits["train"])
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(task, config, run_dir, device)
-        train_tps = bench_training(trainer, task, args.steps, args.warmup, device)
-    eval_ids = data.splits["valid"]
-    evaluate_stream(model, eval_ids[:5000], config.data.eval_batch_size, config.data.bptt, device)
-    start = time.perf_counter()
-    _, count = evaluate_stream(model, eval_ids, config.data.eval_batch_size, config.data.bptt,
-                               device)
-    eval_tps = count / (time.perf_counter() - start)
-    # The higher of two measurements, before and after: a peak caught in a slow moment of a
-    # shared VM would flatter the mfu.
-    peak = max(peak_before, matmul_flops_per_s(device))
-    flops = forward_flops_per_token(model, data.splits["train"])
+        measured = bench_rounds(trainer, task, data.splits["valid"], config, device,
+                                train_flops=3 * flops, steps=args.steps, rounds=args.rounds,
+                                warmup=args.warmup)
+    peaks = measured["peaks"]
     result = {
         "preset": args.preset,
         "device": str(device),
@@ -173,12 +217,13 @@ def main() -> None:
         "parameters": model.num_parameters(),
         "forward_flops_per_token": flops,
         "train_flops_per_token": 3 * flops,
-        "matmul_flops_per_s": round(peak),
-        "train_tokens_per_s": round(train_tps, 1),
-        "train_flops_per_s": round(3 * flops * train_tps),
-        "mfu": round(3 * flops * train_tps / peak, 4),
-        "eval_tokens_per_s": round(eval_tps, 1),
-        "eval_over_train": round(eval_tps / train_tps, 2),
+        "matmul_flops_per_s": round(statistics.median(peaks)),
+        "matmul_flops_per_s_range": [round(min(peaks)), round(max(peaks))],
+        "train_tokens_per_s": round(measured["train_tokens_per_s"], 1),
+        "train_flops_per_s": round(3 * flops * measured["train_tokens_per_s"]),
+        "mfu": round(measured["mfu"], 4),
+        "eval_tokens_per_s": round(measured["eval_tokens_per_s"], 1),
+        "eval_over_train": round(measured["eval_over_train"], 2),
         "generate_tokens_per_s_batch1": round(bench_generation(model, 1, args.gen_tokens), 1),
         "generate_tokens_per_s_batch16": round(bench_generation(model, 16, args.gen_tokens), 1),
     }
