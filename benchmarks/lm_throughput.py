@@ -117,8 +117,8 @@ def timed_evaluation(model: RNNLanguageModel, ids: torch.Tensor, config, device
 def bench_rounds(trainer: Trainer, task: LanguageModelTask, eval_ids: torch.Tensor, config,
                  device, *, train_flops: float, steps: int, rounds: int, warmup: int
                  ) -> dict[str, Any]:
-    """Training, evaluation and the matmul peak measured in alternation (see the docstring);
-    ``train_flops`` per token."""
+    """Training, evaluation and the matmul peak measured in alternation (see the module's
+    docstring); ``train_flops`` is the training FLOPs per token."""
     batches = task.batches(0)
     # Warm-up: oneDNN primitive caches and the allocator's heap. On the 2-core VM word-medium's
     # first steps took 682, 595, 548, 531, 524 ms before settling near 480, so 3 were too few.
@@ -126,7 +126,8 @@ def bench_rounds(trainer: Trainer, task: LanguageModelTask, eval_ids: torch.Tens
     timed_evaluation(task.model, eval_ids[:5000], config, device)
     peaks = [matmul_flops_per_s(device)]
     train, evaluation = [], []
-    for part, eval_part in zip(_split(steps, rounds), eval_ids.tensor_split(rounds), strict=True):
+    parts = _split(steps, rounds)
+    for part, eval_part in zip(parts, eval_ids.tensor_split(len(parts)), strict=True):
         train.append(timed_training(trainer, batches, part, device))
         evaluation.append(timed_evaluation(task.model, eval_part, config, device))
         peaks.append(matmul_flops_per_s(device))
