@@ -77,6 +77,27 @@ def test_layer_by_layer_stack_equals_the_stack(cell: str, with_state: bool,
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_layer_by_layer_stack_with_pytorchs_mask_reproduces_the_stack_in_training(
+        cell: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drawing PyTorch's own dropout mask in the order nn's stack draws it (time-major, one
+    Bernoulli per element), the layer-by-layer stack gives nn's training output to the bit: only
+    the mask's generator differs."""
+    def pytorch_dropout(t: torch.Tensor, p: float) -> torch.Tensor:
+        noise = torch.empty(t.shape[1], t.shape[0], t.shape[2]).bernoulli_(1 - p).div_(1 - p)
+        return t * noise.transpose(0, 1)
+
+    torch.manual_seed(0)
+    rnn = make_rnn(cell, 6, 8, 3, dropout=0.5).train()
+    x = torch.randn(2, 5, 6)
+    torch.manual_seed(5)
+    ref, _ = rnn(x)
+    monkeypatch.setattr(cells, "dropout", pytorch_dropout)
+    torch.manual_seed(5)
+    out, _ = run_stack(rnn, x, None)
+    assert torch.equal(out, ref)
+
+
 def test_layer_by_layer_stack_drops_in_training_only() -> None:
     torch.manual_seed(0)
     rnn = make_rnn("lstm", 6, 8, 2, dropout=0.5)
