@@ -8,8 +8,10 @@ achieved training FLOP/s over the measured matmul FLOP/s.
 
 A shared VM's speed drifts by 10-20% within a minute (the 2-core EPYC here read its matmul peak
 anywhere from 134 to 170 GFLOP/s in twelve consecutive readings), so the ratios are taken from
-measurements made side by side: rounds of a few training steps, a slice of evaluation and a
-peak reading. ``mfu`` is the median over rounds of the round's training FLOP/s over the higher
+measurements made side by side: rounds of a few training steps, one evaluation of the whole
+validation stream (as long as PTB's validation split, which is what an evaluation reads in use:
+its one-off costs, such as faulting in the logits buffer, are spread as they are in practice) and
+a peak reading. ``mfu`` is the median over rounds of the round's training FLOP/s over the higher
 of the two peak readings around it, ``eval_over_train`` the median of each round's ratio.
 
     python benchmarks/lm_throughput.py --preset word-medium
@@ -38,6 +40,7 @@ from rnnlab.training.lm_task import LanguageModelTask, evaluate_stream
 from rnnlab.training.trainer import Trainer
 
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+PTB_VALID_TOKENS = 73_760  # the evaluation stream: PTB's validation split, <eos> included
 
 
 def matmul_flops_per_s(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
@@ -127,9 +130,9 @@ def bench_rounds(trainer: Trainer, task: LanguageModelTask, eval_ids: torch.Tens
     peaks = [matmul_flops_per_s(device)]
     train, evaluation = [], []
     parts = _split(steps, rounds)
-    for part, eval_part in zip(parts, eval_ids.tensor_split(len(parts)), strict=True):
+    for part in parts:
         train.append(timed_training(trainer, batches, part, device))
-        evaluation.append(timed_evaluation(task.model, eval_part, config, device))
+        evaluation.append(timed_evaluation(task.model, eval_ids, config, device))
         peaks.append(matmul_flops_per_s(device))
     train_tps = [tokens / seconds for tokens, seconds in train]
     eval_tps = [tokens / seconds for tokens, seconds in evaluation]
@@ -193,7 +196,7 @@ def main() -> None:
         vocab = Vocab([f"w{i}" for i in range(vocab_size - 2)] + ["<unk>", "<eos>"])
         needed = (args.steps + args.warmup) * config.data.bptt * 2 * config.data.batch_size
         data = LMData(vocab, {"train": zipf_ids(needed, len(vocab), generator),
-                              "valid": zipf_ids(100_000, len(vocab), generator)})
+                              "valid": zipf_ids(PTB_VALID_TOKENS, len(vocab), generator)})
     torch.manual_seed(0)
     model = RNNLanguageModel(config.model, len(vocab)).to(device)
     task = LanguageModelTask(model, data, config, device)

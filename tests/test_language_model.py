@@ -12,7 +12,8 @@ from torch import nn
 from rnnlab.config import CELLS, ModelConfig, TrainConfig
 from rnnlab.models.cells import State, make_rnn
 from rnnlab.models.language_model import RNNLanguageModel
-from rnnlab.training.lm_task import evaluate_stream
+from rnnlab.training import lm_task
+from rnnlab.training.lm_task import eval_window, evaluate_stream
 from rnnlab.training.metrics import lm_metrics, perplexity
 from rnnlab.training.optim import make_optimizer
 
@@ -201,7 +202,11 @@ def _nll_by_hand(model: RNNLanguageModel, ids: torch.Tensor) -> list[float]:
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])  # a (h, c) tuple state and a plain one
 @pytest.mark.parametrize("output", ["softmax", "adaptive"])
-def test_perplexity_is_exp_of_mean_nll_computed_by_hand(output: str, cell: str) -> None:
+@pytest.mark.parametrize("eval_rows", [1, 12, 4096])  # windows of bptt, of 12 // B, one window
+def test_perplexity_is_exp_of_mean_nll_computed_by_hand(
+    monkeypatch, output: str, cell: str, eval_rows: int
+) -> None:
+    monkeypatch.setattr(lm_task, "EVAL_ROWS", eval_rows)
     model = _model(output=output, cutoffs=[5, 20], hidden_size=32, cell=cell).eval()
     n = 53  # 52 targets: batch 3 leaves a one-target tail, batch 7 a three-target tail
     ids = _tokens((n,), seed=5)
@@ -227,6 +232,13 @@ def test_perplexity_is_exp_of_mean_nll_computed_by_hand(output: str, cell: str) 
             assert metrics["ppl"] == pytest.approx(math.exp(mean), rel=1e-5)
             assert metrics["bits"] == pytest.approx(mean / math.log(2), rel=1e-5)
             assert metrics["tokens"] == n - 1
+
+
+def test_eval_window_is_bounded_by_rows_and_by_the_logits_budget() -> None:
+    assert eval_window(35, 10, 10_000) == 335  # 2**25 // 10,000 = 3,355 rows of logits
+    assert eval_window(35, 10, 65) == 409  # a character vocabulary: the 4,096-row cap
+    assert eval_window(35, 10, 2_000_000) == 35  # 16 rows of a huge vocabulary: never below bptt
+    assert eval_window(35, 1, 10_000) == 3355
 
 
 def test_evaluate_stream_clamps_batch_size_to_the_stream() -> None:

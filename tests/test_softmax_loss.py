@@ -46,10 +46,30 @@ def test_non_contiguous_features_and_int32_targets():
     targets = torch.randint(0, 9, (20,), generator=gen)
     want = _plain(features, weight, bias, targets, "mean")
     fused = linear_cross_entropy(features, weight, bias, targets.int())
-    with torch.no_grad():  # evaluation: PyTorch's own loss
+    with torch.no_grad():  # evaluation: the log-softmax over the logits
         plain = linear_cross_entropy(features, weight, bias, targets.int())
     torch.testing.assert_close(fused, want)
     torch.testing.assert_close(plain, want)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_evaluation_writes_log_probabilities_into_a_large_enough_buffer(reduction, with_bias):
+    gen = torch.Generator().manual_seed(2)
+    features = torch.randn(20, 12, generator=gen)
+    weight = torch.randn(30, 12, generator=gen) * 3
+    bias = torch.randn(30, generator=gen) if with_bias else None
+    targets = torch.randint(0, 30, (20,), generator=gen)
+    want = _plain(features, weight, bias, targets, reduction)
+    log_probs = F.linear(features, weight, bias).log_softmax(1)
+    buffer = torch.full((20 * 30 + 5,), 7.0)  # room to spare: the first 600 hold the rows
+    small = torch.full((20 * 30 - 1,), 7.0)  # one element short: left alone
+    with torch.no_grad():
+        for given in (buffer, small, None):
+            got = linear_cross_entropy(features, weight, bias, targets, reduction, given)
+            torch.testing.assert_close(got, want)
+    torch.testing.assert_close(buffer[:600].view(20, 30), log_probs)
+    assert torch.all(buffer[600:] == 7.0) and torch.all(small == 7.0)
 
 
 def test_weight_only_gradient_and_bad_reduction():

@@ -84,15 +84,20 @@ class RNNLanguageModel(nn.Module):
 
     def nll(
         self, tokens: torch.Tensor, targets: torch.Tensor, state: State | None = None,
-        reduction: str = "mean",
+        reduction: str = "mean", logits_buffer: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, State]:
-        """Negative log-likelihood of ``targets`` (B, T) given ``tokens`` (B, T), in nats."""
+        """Negative log-likelihood of ``targets`` (B, T) given ``tokens`` (B, T), in nats.
+
+        ``logits_buffer``: storage the full softmax may reuse for its logits when no gradient is
+        wanted (see ``linear_cross_entropy``); ignored otherwise.
+        """
         out, state = self.features(tokens, state)
         flat, goal = out.flatten(0, 1), targets.flatten()
         if self.adaptive is not None:
             token_nll = -self.adaptive(flat, goal).output
             return (token_nll.mean() if reduction == "mean" else token_nll.sum()), state
-        loss = linear_cross_entropy(flat, self.decoder.weight, self.decoder.bias, goal, reduction)
+        loss = linear_cross_entropy(flat, self.decoder.weight, self.decoder.bias, goal, reduction,
+                                    logits_buffer)
         return loss, state
 
     def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:

@@ -24,12 +24,15 @@ VOCAB_BLOCK = 1024
 
 def linear_cross_entropy(
     features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-    targets: torch.Tensor, reduction: str = "mean",
+    targets: torch.Tensor, reduction: str = "mean", logits_buffer: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``cross_entropy(features @ weight.T + bias, targets)`` for (N, D) features, (N,) targets.
 
-    Same value and gradients as the two PyTorch calls; the fused path runs when gradients are
-    wanted for float32 CPU tensors outside autocast, anything else takes the plain one.
+    Same value and gradients as the two PyTorch calls. For float32 CPU tensors outside autocast
+    the fused paths run: the autograd step below when gradients are wanted, else (evaluation) a
+    log-softmax written over the logits, in ``logits_buffer`` when it is given and large enough.
+    A buffer kept across calls spares one large allocation per call, which glibc serves with
+    fresh, page-faulting memory once it passes 32 MB. Anything else takes the plain path.
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
@@ -37,14 +40,32 @@ def linear_cross_entropy(
     if targets.numel() == 0 or not _fused_applies(features, weight):
         return F.cross_entropy(F.linear(features, weight, bias), targets, reduction=reduction)
     scale = 1.0 / targets.numel() if reduction == "mean" else 1.0
+    if not _wants_grad(features, weight):
+        return _summed_nll(features, weight, bias, targets, logits_buffer) * scale
     return _LinearCrossEntropy.apply(features, weight, bias, targets, scale)
 
 
 def _fused_applies(features: torch.Tensor, weight: torch.Tensor) -> bool:
-    # Without a backward pass to feed (evaluation) PyTorch's own loss is as fast as this one.
-    wants_grad = torch.is_grad_enabled() and (features.requires_grad or weight.requires_grad)
-    return (wants_grad and features.device.type == "cpu" and features.dtype == torch.float32
+    return (features.device.type == "cpu" and features.dtype == torch.float32
             and weight.dtype == torch.float32 and not _cpu_autocast_on())
+
+
+def _wants_grad(features: torch.Tensor, weight: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and (features.requires_grad or weight.requires_grad)
+
+
+def _summed_nll(
+    features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+    targets: torch.Tensor, buffer: torch.Tensor | None,
+) -> torch.Tensor:
+    """Summed NLL without gradients; the log-probabilities overwrite the logits."""
+    size = features.shape[0] * weight.shape[0]
+    out = None
+    if buffer is not None and buffer.numel() >= size:
+        out = buffer.view(-1)[:size].view(features.shape[0], weight.shape[0])
+    logits = _logits(features, weight, bias, out)
+    log_probs = torch.log_softmax(logits, dim=1, out=logits)
+    return log_probs.gather(1, targets[:, None]).sum().neg()
 
 
 def _cpu_autocast_on() -> bool:
@@ -92,9 +113,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_features, grad_weight, grad_bias, None, None
 
 
-def _logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-            ) -> torch.Tensor:
-    return features @ weight.t() if bias is None else torch.addmm(bias, features, weight.t())
+def _logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    if bias is None:
+        return torch.mm(features, weight.t(), out=out)
+    return torch.addmm(bias, features, weight.t(), out=out)
 
 
 def _weight_grad(grad: torch.Tensor, features: torch.Tensor) -> torch.Tensor:

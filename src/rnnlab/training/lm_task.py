@@ -97,6 +97,12 @@ class LanguageModelTask:
         self.state = moved if len(moved) == 2 else moved[0]
 
 
+# The largest logits buffer evaluation keeps (float32 elements: 128 MB), and the most rows
+# one evaluation window feeds the output layer.
+EVAL_LOGITS_ELEMENTS = 1 << 25
+EVAL_ROWS = 4096
+
+
 @torch.no_grad()
 def evaluate_stream(
     model: RNNLanguageModel, ids: torch.Tensor, batch_size: int, bptt: int,
@@ -107,21 +113,44 @@ def evaluate_stream(
     The stream is cut into ``batch_size`` contiguous rows read with the state carried; the few
     targets past the last full row are then read as one more row that continues the last row's
     state, so no token is dropped and none is counted twice. The model is put in eval mode.
+    With the state carried, the window length changes nothing but speed, so evaluation reads
+    long windows (see ``eval_window``) and reuses one logits buffer across them.
     """
     model.eval()
     batch_size = max(1, min(batch_size, ids.numel() - 1))
     streams = batchify(ids, batch_size).to(device)  # (B, L + 1)
-    lengths = window_lengths(streams.shape[1] - 1, bptt * 2)  # no gradients: longer windows
+    window = eval_window(bptt, batch_size, model.vocab_size)
+    lengths = window_lengths(streams.shape[1] - 1, window)
+    buffer = _logits_buffer(model, batch_size * max(lengths, default=0), streams.device)
     total, count, state = 0.0, 0, None
     for inputs, targets in windows(streams, lengths):
-        loss, state = model.nll(inputs, targets, state, reduction="sum")
+        loss, state = model.nll(inputs, targets, state, reduction="sum", logits_buffer=buffer)
         total += float(loss)
         count += targets.numel()
     covered = batch_size * (streams.shape[1] - 1)  # targets are ids[1 : covered + 1]
     tail = ids[covered:].to(device)
     if tail.numel() > 1:
         tail_state = select_state(state, slice(batch_size - 1, batch_size))
-        loss, _ = model.nll(tail[None, :-1], tail[None, 1:], tail_state, reduction="sum")
+        loss, _ = model.nll(tail[None, :-1], tail[None, 1:], tail_state, reduction="sum",
+                            logits_buffer=buffer)
         total += float(loss)
         count += tail.numel() - 1
     return total, count
+
+
+def eval_window(bptt: int, batch_size: int, vocab_size: int) -> int:
+    """Steps per evaluation window: as many as ``EVAL_ROWS`` rows and the logits budget allow.
+
+    The output layer's matmul runs faster on more rows (over 10,000 words, 2,800 x 200 rows ran
+    ~13% faster than 700 on the 2-core EPYC), and a longer window means fewer calls into the
+    recurrent stack. Never shorter than ``bptt``.
+    """
+    rows = min(EVAL_ROWS, EVAL_LOGITS_ELEMENTS // max(1, vocab_size))
+    return max(bptt, rows // batch_size)
+
+
+def _logits_buffer(model: RNNLanguageModel, rows: int, device: torch.device) -> torch.Tensor | None:
+    """A flat float32 buffer for ``rows`` rows of logits, where the CPU softmax can use it."""
+    if model.decoder is None or device.type != "cpu" or rows == 0:
+        return None  # the adaptive softmax never builds full logits; CUDA caches its memory
+    return torch.empty(rows * model.vocab_size, dtype=torch.float32, device=device)
