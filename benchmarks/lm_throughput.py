@@ -9,9 +9,9 @@ achieved training FLOP/s over the measured matmul FLOP/s.
 A shared VM's speed drifts by 10-20% within a minute (the 2-core EPYC here read its matmul peak
 anywhere from 134 to 170 GFLOP/s in twelve consecutive readings), so the ratios are taken from
 measurements made side by side: rounds of a few training steps, one evaluation of the whole
-validation stream (as long as PTB's validation split, which is what an evaluation reads in use:
-its one-off costs, such as faulting in the logits buffer, are spread as they are in practice) and
-a peak reading. ``mfu`` is the median over rounds of the round's training FLOP/s over the higher
+validation stream (PTB's validation split, or Zipfian ids as many, so that an evaluation's
+one-off costs, such as faulting in its logits buffer, weigh as they do in use) and a peak
+reading. ``mfu`` is the median over rounds of the round's training FLOP/s over the higher
 of the two peak readings around it, ``eval_over_train`` the median of each round's ratio.
 
     python benchmarks/lm_throughput.py --preset word-medium

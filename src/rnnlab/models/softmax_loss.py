@@ -12,6 +12,10 @@ The weight gradient is also computed in blocks of vocabulary rows: for a 650-wid
 1,024 rows (2-core EPYC, torch 2.13); each block writes a contiguous slice of the result.
 Against the two PyTorch calls, step by step in alternation, a word-medium training step measured
 8-18 ms faster of ~520 and a word-small one 7 ms of ~116.
+
+Without gradients (evaluation) the log-softmax overwrites the logits, optionally in a buffer the
+caller keeps: with long evaluation windows (see ``training.lm_task.evaluate_stream``) word-small
+evaluated a PTB-sized stream ~10% faster than PyTorch's two calls over 700-row windows.
 """
 
 from __future__ import annotations
