@@ -1,4 +1,4 @@
-"""Output layer and cross-entropy in one autograd step, for the full softmax on a CPU.
+"""Output layer and cross-entropy fused for the full softmax on a CPU: training and evaluation.
 
 ``F.cross_entropy(F.linear(x, W, b), y)`` is right everywhere but, on a CPU, spends a training
 step's non-matmul time on passes over the (tokens x vocabulary) logits: log-softmax writes a
