@@ -14,7 +14,11 @@ one-off costs, such as faulting in its logits buffer, weigh as they do in use) a
 reading. ``mfu`` is the median over rounds of the round's training FLOP/s over the higher
 of the two peak readings around it, ``eval_over_train`` the median of each round's ratio.
 
-    python benchmarks/lm_throughput.py --preset word-medium
+With ``--baseline`` each round also trains the same model the textbook way in plain PyTorch
+(``plain_lm.py``) for as many steps; ``speedup_over_plain`` is the median of each round's ratio
+of rnnlab's training tokens/s to the plain loop's.
+
+    python benchmarks/lm_throughput.py --preset word-medium [--baseline]
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
+from plain_lm import PlainTrainer
 from rnnlab.config import read_preset, resolve_config
 from rnnlab.data.lm_data import LMData, load_lm_data
 from rnnlab.data.vocab import Vocab
@@ -56,6 +61,18 @@ def matmul_flops_per_s(device: torch.device, size: int = 2048, repeats: int = 10
         _sync(device)
         best = max(best, 2 * size**3 * repeats / (time.perf_counter() - start))
     return best
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows: figures differ by machine."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def forward_flops_per_token(model: RNNLanguageModel, targets: torch.Tensor) -> float:
@@ -108,6 +125,15 @@ def timed_training(trainer: Trainer, batches: Iterator, steps: int, device) -> t
     return tokens, time.perf_counter() - start
 
 
+def timed_plain(step: Callable[[], int], steps: int, device) -> tuple[int, float]:
+    """Targets trained on and seconds taken by ``steps`` steps of the plain loop."""
+    _sync(device)
+    start = time.perf_counter()
+    tokens = sum(step() for _ in range(steps))
+    _sync(device)
+    return tokens, time.perf_counter() - start
+
+
 def timed_evaluation(model: RNNLanguageModel, ids: torch.Tensor, config, device
                      ) -> tuple[int, float]:
     """Targets scored and seconds taken by the evaluator over ``ids``."""
@@ -118,26 +144,39 @@ def timed_evaluation(model: RNNLanguageModel, ids: torch.Tensor, config, device
 
 
 def bench_rounds(trainer: Trainer, task: LanguageModelTask, eval_ids: torch.Tensor, config,
-                 device, *, train_flops: float, steps: int, rounds: int, warmup: int
-                 ) -> dict[str, Any]:
-    """Training, evaluation and the matmul peak measured in alternation (see the module's
-    docstring); ``train_flops`` is the training FLOPs per token."""
+                 device, *, train_flops: float, steps: int, rounds: int, warmup: int,
+                 plain_step: Callable[[], int] | None = None) -> dict[str, Any]:
+    """Training, evaluation and the matmul peak (and the plain loop, when ``plain_step`` is
+    given) measured in alternation (see the module's docstring); ``train_flops`` is the
+    training FLOPs per token."""
     batches = task.batches(0)
     # Warm-up: oneDNN primitive caches and the allocator's heap. On the 2-core VM word-medium's
     # first steps took 682, 595, 548, 531, 524 ms before settling near 480, so 3 were too few.
     timed_training(trainer, batches, warmup, device)
     timed_evaluation(task.model, eval_ids[:5000], config, device)
+    if plain_step is not None:
+        timed_plain(plain_step, warmup, device)
     peaks = [matmul_flops_per_s(device)]
-    train, evaluation = [], []
+    train, evaluation, plain = [], [], []
     parts = _split(steps, rounds)
     for part in parts:
         train.append(timed_training(trainer, batches, part, device))
+        if plain_step is not None:
+            plain.append(timed_plain(plain_step, part, device))
         evaluation.append(timed_evaluation(task.model, eval_ids, config, device))
         peaks.append(matmul_flops_per_s(device))
     train_tps = [tokens / seconds for tokens, seconds in train]
     eval_tps = [tokens / seconds for tokens, seconds in evaluation]
     around = [max(before, after) for before, after in zip(peaks, peaks[1:], strict=False)]
-    return {
+    measured: dict[str, Any] = {}
+    if plain:
+        plain_tps = [tokens / seconds for tokens, seconds in plain]
+        measured = {
+            "plain_train_tokens_per_s": sum(t for t, _ in plain) / sum(s for _, s in plain),
+            "speedup_over_plain": statistics.median(
+                ours / theirs for ours, theirs in zip(train_tps, plain_tps, strict=True)),
+        }
+    return measured | {
         "train_tokens_per_s": sum(t for t, _ in train) / sum(s for _, s in train),
         "eval_tokens_per_s": sum(t for t, _ in evaluation) / sum(s for _, s in evaluation),
         "peaks": peaks,
@@ -178,6 +217,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--data-dir", help="read real PTB (char presets: Tiny Shakespeare) from "
                         "here instead of Zipfian ids")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also time the same model trained in plain PyTorch (plain_lm.py)")
     args = parser.parse_args()
     set_threads(args.threads)
     device = resolve_device(args.device)
@@ -203,15 +244,18 @@ def main() -> None:
     flops = forward_flops_per_token(model, data.splits["train"])
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(task, config, run_dir, device)
+        plain_step = None
+        if args.baseline:
+            plain_step = PlainTrainer(config, len(vocab), data.splits["train"].to(device)).step
         measured = bench_rounds(trainer, task, data.splits["valid"], config, device,
                                 train_flops=3 * flops, steps=args.steps, rounds=args.rounds,
-                                warmup=args.warmup)
+                                warmup=args.warmup, plain_step=plain_step)
     peaks = measured["peaks"]
     result = {
         "preset": args.preset,
         "device": str(device),
         "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "data": config.data.corpus if args.data_dir else "zipfian ids",
         "vocab_size": len(vocab),
         "output": config.model.output,
@@ -231,6 +275,9 @@ def main() -> None:
         "generate_tokens_per_s_batch1": round(bench_generation(model, 1, args.gen_tokens), 1),
         "generate_tokens_per_s_batch16": round(bench_generation(model, 16, args.gen_tokens), 1),
     }
+    if args.baseline:
+        result["plain_train_tokens_per_s"] = round(measured["plain_train_tokens_per_s"], 1)
+        result["speedup_over_plain"] = round(measured["speedup_over_plain"], 2)
     print(json.dumps(result, indent=2))
 
 

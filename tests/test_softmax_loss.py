@@ -24,8 +24,9 @@ def _plain(features, weight, bias, targets, reduction):
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_matches_pytorch_values_and_gradients(monkeypatch, reduction, with_bias):
-    monkeypatch.setattr(softmax_loss, "VOCAB_BLOCK", 7)  # several blocks and a ragged last one
+@pytest.mark.parametrize("block", [7, 0])  # several blocks with a ragged last one; one matmul
+def test_matches_pytorch_values_and_gradients(monkeypatch, reduction, with_bias, block):
+    monkeypatch.setattr(softmax_loss, "VOCAB_BLOCK", block)
     gen = torch.Generator().manual_seed(0)
     features = torch.randn(40, 12, generator=gen)
     weight = torch.randn(30, 12, generator=gen) * 3  # peaked: some log-probs far below -87
