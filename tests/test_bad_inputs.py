@@ -444,7 +444,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(
                              if not k.endswith(".jsonl") and not k.startswith(".")}
             raise ENOSPC
 
-    real_replace, real_save = os.replace, ckpt.save_file
+    real_replace, real_fsync = os.replace, os.fsync
 
     def replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
         name = os.path.basename(str(dst))
@@ -453,18 +453,18 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(
             fail_second(where)
         real_replace(src, dst, *args, **kwargs)
 
-    def save_file(tensors: Any, path: Any, *args: Any, **kwargs: Any) -> None:
-        if where == "best-weights" and os.path.basename(str(path)).startswith(f".{ckpt.BEST}."):
+    def fsync(fd: int) -> None:
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        if where == "best-weights" and name.startswith(f".{ckpt.BEST}."):
             try:
                 fail_second(where)
             except OSError:
-                with open(path, "wb") as handle:  # the disk filled up half-way through
-                    handle.write(b"\x00" * 100)
+                os.ftruncate(fd, 100)  # the disk filled up part-way through the new weights
                 raise
-        real_save(tensors, path, *args, **kwargs)
+        real_fsync(fd)
 
     monkeypatch.setattr(os, "replace", replace)
-    monkeypatch.setattr(ckpt, "save_file", save_file)
+    monkeypatch.setattr(os, "fsync", fsync)
     # A steady decrease (high constant rate) makes every evaluation a new best.
     args = ["train", "--preset", "synthetic", "--samples", "0", "--out", str(run),
             *set_args({**TINY, "data.synthetic_tokens": 3000, "data.batch_size": 4,

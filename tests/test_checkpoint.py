@@ -77,6 +77,22 @@ def test_save_leaves_no_temporary_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", ckpt.TRAINER]
 
 
+def test_weights_reach_the_disk_only_through_the_atomic_writer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A library writing files of its own (safetensors 0.8's save_file goes through a
+    # ``.tmpXXXXXX`` file) would leave, after a crash, a file that the resume cannot recognise.
+    written: dict[str, bytes] = {}
+    monkeypatch.setattr(ckpt, "atomic_write_bytes",
+                        lambda path, data: written.__setitem__(Path(path).name, data))
+    ckpt.save_weights(_model(seed=0), tmp_path / "model.safetensors", {"format": "1"})
+    assert list(tmp_path.iterdir()) == []
+    assert list(written) == ["model.safetensors"]
+    monkeypatch.undo()
+    (tmp_path / "model.safetensors").write_bytes(written["model.safetensors"])
+    loaded = ckpt.read_weights(tmp_path / "model.safetensors")
+    assert torch.equal(loaded["embedding.weight"], _model(seed=0).embedding.weight)
+
+
 def _valid_bytes(tmp_path: Path) -> bytes:
     path = tmp_path / "good.safetensors"
     ckpt.save_weights(_model(seed=0), path)

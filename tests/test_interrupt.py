@@ -195,19 +195,15 @@ pathlib.Path.unlink = unlink
 """,
     # The best weights are half written (a torn temporary file).
     "best-weights-half-written": _KILL + """
-import rnnlab.checkpoint as ckpt
-real, calls = ckpt.save_file, [0]
-def save_file(tensors, path, *a, **k):
-    if os.path.basename(str(path)).startswith(".model.safetensors."):
+real, calls = os.fsync, [0]
+def fsync(fd):  # the written temporary file is torn before it reaches the disk
+    if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".model.safetensors."):
         calls[0] += 1
         if calls[0] == 2:
-            real(tensors, path, *a, **k)
-            size = os.path.getsize(path)
-            with open(path, "r+b") as handle:
-                handle.truncate(size // 2)
+            os.ftruncate(fd, os.fstat(fd).st_size // 2)
             die()
-    return real(tensors, path, *a, **k)
-ckpt.save_file = save_file
+    return real(fd)
+os.fsync = fsync
 """,
     # The process dies in the middle of a metrics.jsonl line, after the step's weights.
     "metrics-line-torn": _KILL + """

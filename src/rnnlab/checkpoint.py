@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from rnnlab.config import RunConfig
@@ -114,18 +114,10 @@ def save_weights(model: nn.Module, path: str | Path,
     if broken:
         raise RnnlabError(f"refused to write {path}: {', '.join(broken[:3])} holds NaN or "
                           f"infinite values (the previous file is untouched)")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, _file_mode())
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    _fsync_dir(path.parent)
+    # Serialised in memory and written by our own atomic write: safetensors' save_file (0.8)
+    # writes through a temporary ``.tmpXXXXXX`` file of its own in the same directory, which a
+    # crash would leave behind under a name our clean-up cannot tell from a user's file.
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
