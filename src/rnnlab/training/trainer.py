@@ -34,7 +34,7 @@ from rnnlab.runtime import (
     rng_state,
     set_rng_state,
 )
-from rnnlab.training.optim import Schedule, make_optimizer, set_lr
+from rnnlab.training.optim import Schedule, clipped_step, grad_norm, make_optimizer, set_lr
 from rnnlab.training.task import Task
 
 TRAINER_FORMAT = 1
@@ -209,22 +209,22 @@ class Trainer:
         (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         if self.scaler:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        # Without clipping the norm is still computed (max_norm inf scales by exactly 1): it is
-        # what tells a step with NaN/inf gradients but a finite loss from a good one.
-        norm = torch.nn.utils.clip_grad_norm_(params, self.train_config.clip or math.inf)
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"]
+                 if p.grad is not None]
+        # Without clipping the norm is still computed: it is what tells a step with NaN/inf
+        # gradients but a finite loss from a good one.
+        norm = float(grad_norm(grads))
         loss_value, items = self._reduce(loss.detach(), weight, items)
         # A gradient scaler skips steps with inf/NaN gradients itself and lowers its scale; while
         # it calibrates such steps are expected, so only a non-finite loss counts against the run.
-        grads_finite = self.scaler is not None or bool(torch.isfinite(norm))
+        grads_finite = self.scaler is not None or math.isfinite(norm)
         if not (math.isfinite(loss_value) and grads_finite):
             self._skip_step()  # never let a NaN/inf reach the weights
         else:
             self.bad_steps = 0
-            if self.scaler:
-                self.scaler.step(self.optimizer)
-            else:
-                self.optimizer.step()
+            step = (lambda: self.scaler.step(self.optimizer)) if self.scaler \
+                else self.optimizer.step
+            clipped_step(self.optimizer, grads, norm, self.train_config.clip, step)
             self.running.loss_sum += loss_value
             self.running.steps += 1
         if self.scaler:
