@@ -20,6 +20,8 @@ CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN}
 
 
 class PlainLM(nn.Module):
+    """Embedding (or one-hot) -> dropout -> recurrent stack -> dropout -> linear, seq-first."""
+
     def __init__(self, vocab_size: int, embedding_dim: int, hidden_size: int, num_layers: int,
                  cell: str, dropout: float, tie_weights: bool, onehot: bool = False):
         super().__init__()

@@ -14,8 +14,9 @@ result. On an AVX-512 Xeon (Ice Lake, 2 cores) the single product was the faster
 word-small training step took 93.5 ms against 97.9 with blocks, and 88.2 against 90.2 in a
 second run (medians; faster in 22 of 30 and 28 of 40 alternating pairs; word-medium even, 8 of
 16), so there it stays one matmul.
-Against the two PyTorch calls, step by step in alternation, a word-medium training step measured
-8-18 ms faster of ~520 and a word-small one 7 ms of ~116.
+
+Against the two PyTorch calls, step by step in alternation on the EPYC, a word-medium training
+step measured 8-18 ms faster of ~520 and a word-small one 7 ms of ~116.
 
 Without gradients (evaluation) the log-softmax overwrites the logits, optionally in a buffer the
 caller keeps: with long evaluation windows (see ``training.lm_task.evaluate_stream``) word-small
@@ -130,7 +131,7 @@ def _logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 
 def _weight_grad(grad: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """``grad.T @ features`` (V, D), a contiguous block of vocabulary rows at a time."""
+    """``grad.T @ features`` (V, D): one matmul, or ``VOCAB_BLOCK`` vocabulary rows at a time."""
     if VOCAB_BLOCK <= 0 or VOCAB_BLOCK >= grad.shape[1]:
         return grad.t() @ features
     out = features.new_empty(grad.shape[1], features.shape[1])
