@@ -112,26 +112,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_training(trainer: Trainer, batches: Iterator, steps: int, device) -> tuple[int, float]:
-    """Targets trained on and seconds taken by ``steps`` training steps."""
-    _sync(device)
-    start = time.perf_counter()
-    tokens = 0
-    for _ in range(steps):
-        inputs, targets = next(batches)
-        trainer.train_step((inputs, targets))
-        tokens += targets.numel()
-    _sync(device)
-    return tokens, time.perf_counter() - start
-
-
-def timed_plain(step: Callable[[], int], steps: int, device) -> tuple[int, float]:
-    """Targets trained on and seconds taken by ``steps`` steps of the plain loop."""
+def timed_steps(step: Callable[[], int], steps: int, device) -> tuple[int, float]:
+    """Targets trained on and seconds taken by ``steps`` calls of ``step`` (each returns its
+    number of targets)."""
     _sync(device)
     start = time.perf_counter()
     tokens = sum(step() for _ in range(steps))
     _sync(device)
     return tokens, time.perf_counter() - start
+
+
+def trainer_step(trainer: Trainer, batches: Iterator) -> Callable[[], int]:
+    """One step of rnnlab's own Trainer on the next batch, as a ``timed_steps`` step."""
+    def step() -> int:
+        inputs, targets = next(batches)
+        trainer.train_step((inputs, targets))
+        return targets.numel()
+    return step
 
 
 def timed_evaluation(model: RNNLanguageModel, ids: torch.Tensor, config, device
@@ -149,20 +146,20 @@ def bench_rounds(trainer: Trainer, task: LanguageModelTask, eval_ids: torch.Tens
     """Training, evaluation and the matmul peak (and the plain loop, when ``plain_step`` is
     given) measured in alternation (see the module's docstring); ``train_flops`` is the
     training FLOPs per token."""
-    batches = task.batches(0)
+    train_step = trainer_step(trainer, task.batches(0))
     # Warm-up: oneDNN primitive caches and the allocator's heap. On the 2-core VM word-medium's
     # first steps took 682, 595, 548, 531, 524 ms before settling near 480, so 3 were too few.
-    timed_training(trainer, batches, warmup, device)
+    timed_steps(train_step, warmup, device)
     timed_evaluation(task.model, eval_ids[:5000], config, device)
     if plain_step is not None:
-        timed_plain(plain_step, warmup, device)
+        timed_steps(plain_step, warmup, device)
     peaks = [matmul_flops_per_s(device)]
     train, evaluation, plain = [], [], []
     parts = _split(steps, rounds)
     for part in parts:
-        train.append(timed_training(trainer, batches, part, device))
+        train.append(timed_steps(train_step, part, device))
         if plain_step is not None:
-            plain.append(timed_plain(plain_step, part, device))
+            plain.append(timed_steps(plain_step, part, device))
         evaluation.append(timed_evaluation(task.model, eval_ids, config, device))
         peaks.append(matmul_flops_per_s(device))
     train_tps = [tokens / seconds for tokens, seconds in train]
