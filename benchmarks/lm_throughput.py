@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from plain_lm import PlainTrainer
-from rnnlab.config import read_preset, resolve_config
+from rnnlab.config import RunConfig, read_preset, resolve_config
 from rnnlab.data.lm_data import LMData, load_lm_data
 from rnnlab.data.vocab import Vocab
 from rnnlab.generation import SampleConfig, generate_ids
@@ -99,6 +99,14 @@ def forward_flops_per_token(model: RNNLanguageModel, targets: torch.Tensor) -> f
             output += share * (projection.in_features * projection.out_features
                                + classifier.in_features * classifier.out_features)
     return 2.0 * (recurrent + output)
+
+
+def preset_config(preset: str, overrides: dict[str, str]) -> RunConfig:
+    """The preset's config for PTB, or for Tiny Shakespeare if it is a char preset: a corpus of
+    its own level, so that a char preset keeps its character vocabulary."""
+    level = read_preset(preset).get("data", {}).get("level", "word")
+    corpus = "tinyshakespeare" if level == "char" else "ptb"
+    return resolve_config(preset=preset, overrides={"data.corpus": corpus, **overrides})
 
 
 def zipf_ids(n: int, vocab_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -220,10 +228,7 @@ def main() -> None:
     set_threads(args.threads)
     device = resolve_device(args.device)
     overrides = dict(item.split("=", 1) for item in args.set)
-    # A corpus of the preset's own level, so that char presets keep their character vocabulary.
-    level = read_preset(args.preset).get("data", {}).get("level", "word")
-    corpus = "tinyshakespeare" if level == "char" else "ptb"
-    config = resolve_config(preset=args.preset, overrides={"data.corpus": corpus, **overrides})
+    config = preset_config(args.preset, overrides)
     if args.data_dir:
         config.data.data_dir = args.data_dir
         data = load_lm_data(config.data)

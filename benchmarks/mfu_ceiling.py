@@ -27,11 +27,11 @@ from lm_throughput import (
     cpu_name,
     forward_flops_per_token,
     matmul_flops_per_s,
+    preset_config,
     timed_steps,
     trainer_step,
     zipf_ids,
 )
-from rnnlab.config import resolve_config
 from rnnlab.data.lm_data import LMData
 from rnnlab.data.vocab import Vocab
 from rnnlab.models.cells import make_rnn
@@ -112,7 +112,7 @@ def main() -> None:
     set_threads(args.threads)
     device = resolve_device(args.device)
     overrides = dict(item.split("=", 1) for item in args.set)
-    config = resolve_config(preset=args.preset, overrides={"data.corpus": "ptb", **overrides})
+    config = preset_config(args.preset, overrides)
     if config.model.output != "softmax":
         parser.error("the ceiling is worked out for the full softmax output layer only")
     vocab_size = args.vocab_size or (65 if config.data.level == "char" else 10_000)
