@@ -109,6 +109,12 @@ def preset_config(preset: str, overrides: dict[str, str]) -> RunConfig:
     return resolve_config(preset=preset, overrides={"data.corpus": corpus, **overrides})
 
 
+def stand_in_vocab(config: RunConfig, size: int | None) -> Vocab:
+    """A vocabulary of ``size`` made-up words (default: PTB's 10,000, or 65 for a char preset)."""
+    size = size or (65 if config.data.level == "char" else 10_000)
+    return Vocab([f"w{i}" for i in range(size - 2)] + ["<unk>", "<eos>"])
+
+
 def zipf_ids(n: int, vocab_size: int, generator: torch.Generator) -> torch.Tensor:
     """Token ids with word-like (Zipfian) frequencies, id 0 the most frequent."""
     weights = 1.0 / torch.arange(1, vocab_size + 1, dtype=torch.float64)
@@ -235,8 +241,7 @@ def main() -> None:
         vocab = data.vocab
     else:
         generator = torch.Generator().manual_seed(0)
-        vocab_size = args.vocab_size or (65 if config.data.level == "char" else 10_000)
-        vocab = Vocab([f"w{i}" for i in range(vocab_size - 2)] + ["<unk>", "<eos>"])
+        vocab = stand_in_vocab(config, args.vocab_size)
         needed = (args.steps + args.warmup) * config.data.bptt * 2 * config.data.batch_size
         data = LMData(vocab, {"train": zipf_ids(needed, len(vocab), generator),
                               "valid": zipf_ids(PTB_VALID_TOKENS, len(vocab), generator)})

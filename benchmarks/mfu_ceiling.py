@@ -28,12 +28,12 @@ from lm_throughput import (
     forward_flops_per_token,
     matmul_flops_per_s,
     preset_config,
+    stand_in_vocab,
     timed_steps,
     trainer_step,
     zipf_ids,
 )
 from rnnlab.data.lm_data import LMData
-from rnnlab.data.vocab import Vocab
 from rnnlab.models.cells import make_rnn
 from rnnlab.models.language_model import RNNLanguageModel
 from rnnlab.runtime import resolve_device, set_threads
@@ -115,8 +115,7 @@ def main() -> None:
     config = preset_config(args.preset, overrides)
     if config.model.output != "softmax":
         parser.error("the ceiling is worked out for the full softmax output layer only")
-    vocab_size = args.vocab_size or (65 if config.data.level == "char" else 10_000)
-    vocab = Vocab([f"w{i}" for i in range(vocab_size - 2)] + ["<unk>", "<eos>"])
+    vocab = stand_in_vocab(config, args.vocab_size)
     generator = torch.Generator().manual_seed(0)
     batch, bptt = config.data.batch_size, config.data.bptt
     needed = (args.rounds + 1) * (args.steps + args.warmup) * bptt * 2 * batch
