@@ -6,13 +6,13 @@ and 16 through the sampler. FLOPs count matmuls only: forward = 2 x (sum over la
 gates*H x (input + H), plus the output layer) per token; training = 3 x forward. ``mfu`` is
 achieved training FLOP/s over the measured matmul FLOP/s.
 
-A shared VM's speed drifts by 10-20% within a minute (the 2-core EPYC here read its matmul peak
-anywhere from 134 to 170 GFLOP/s in twelve consecutive readings), so the ratios are taken from
-measurements made side by side: rounds of a few training steps, one evaluation of the whole
-validation stream (PTB's validation split, or Zipfian ids as many, so that an evaluation's
-one-off costs, such as faulting in its logits buffer, weigh as they do in use) and a peak
-reading. ``mfu`` is the median over rounds of the round's training FLOP/s over the higher
-of the two peak readings around it, ``eval_over_train`` the median of each round's ratio.
+A shared VM's speed drifts within a minute, so the ratios are taken from measurements made side
+by side: rounds of a few training steps, one evaluation of the whole validation stream (PTB's
+validation split, or Zipfian ids as many, so that an evaluation's one-off costs, such as
+faulting in its logits buffer, weigh as they do in use) and a peak reading. ``mfu`` is the
+median over rounds of the round's training FLOP/s over the higher of the two peak readings
+around it, ``eval_over_train`` the median of each round's ratio; ``matmul_flops_per_s`` is the
+median of all the peak readings. Figures are printed unrounded, in seconds and per second.
 
 With ``--baseline`` each round also trains the same model the textbook way in plain PyTorch
 (``plain_lm.py``) for as many steps; ``speedup_over_plain`` is the median of each round's ratio
@@ -76,7 +76,7 @@ def cpu_name() -> str:
 
 
 def forward_flops_per_token(model: RNNLanguageModel, targets: torch.Tensor) -> float:
-    """2 x (recurrent matmuls + output matmuls) per token, as the issue counts them.
+    """2 x (recurrent matmuls + output matmuls) per token, as the module's docstring counts them.
 
     With an adaptive softmax the head runs for every token but each tail cluster only for the
     targets that fall in it, so its cost is weighted by the share of ``targets`` in the cluster.
@@ -161,8 +161,7 @@ def bench_rounds(trainer: Trainer, task: LanguageModelTask, eval_ids: torch.Tens
     given) measured in alternation (see the module's docstring); ``train_flops`` is the
     training FLOPs per token."""
     train_step = trainer_step(trainer, task.batches(0))
-    # Warm-up: oneDNN primitive caches and the allocator's heap. On the 2-core VM word-medium's
-    # first steps took 682, 595, 548, 531, 524 ms before settling near 480, so 3 were too few.
+    # Warm-up: oneDNN primitive caches and the allocator's heap take several steps to settle.
     timed_steps(train_step, warmup, device)
     timed_evaluation(task.model, eval_ids[:5000], config, device)
     if plain_step is not None:
@@ -272,19 +271,20 @@ def main() -> None:
         "parameters": model.num_parameters(),
         "forward_flops_per_token": flops,
         "train_flops_per_token": 3 * flops,
-        "matmul_flops_per_s": round(statistics.median(peaks)),
-        "matmul_flops_per_s_range": [round(min(peaks)), round(max(peaks))],
-        "train_tokens_per_s": round(measured["train_tokens_per_s"], 1),
-        "train_flops_per_s": round(3 * flops * measured["train_tokens_per_s"]),
-        "mfu": round(measured["mfu"], 4),
-        "eval_tokens_per_s": round(measured["eval_tokens_per_s"], 1),
-        "eval_over_train": round(measured["eval_over_train"], 2),
-        "generate_tokens_per_s_batch1": round(bench_generation(model, 1, args.gen_tokens), 1),
-        "generate_tokens_per_s_batch16": round(bench_generation(model, 16, args.gen_tokens), 1),
+        # Measured figures are not rounded: on a fast machine rounding can turn them into 0.
+        "matmul_flops_per_s": statistics.median(peaks),
+        "matmul_flops_per_s_range": [min(peaks), max(peaks)],
+        "train_tokens_per_s": measured["train_tokens_per_s"],
+        "train_flops_per_s": 3 * flops * measured["train_tokens_per_s"],
+        "mfu": measured["mfu"],
+        "eval_tokens_per_s": measured["eval_tokens_per_s"],
+        "eval_over_train": measured["eval_over_train"],
+        "generate_tokens_per_s_batch1": bench_generation(model, 1, args.gen_tokens),
+        "generate_tokens_per_s_batch16": bench_generation(model, 16, args.gen_tokens),
     }
     if args.baseline:
-        result["plain_train_tokens_per_s"] = round(measured["plain_train_tokens_per_s"], 1)
-        result["speedup_over_plain"] = round(measured["speedup_over_plain"], 2)
+        result["plain_train_tokens_per_s"] = measured["plain_train_tokens_per_s"]
+        result["speedup_over_plain"] = measured["speedup_over_plain"]
     print(json.dumps(result, indent=2))
 
 

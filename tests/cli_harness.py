@@ -1,6 +1,6 @@
 """Run ``python -m rnnlab ...`` in child processes, fast: a shared helper of the CLI tests.
 
-A cold ``python -m rnnlab train`` spends ~5 s of CPU importing torch and torch._dynamo (which
+A cold ``python -m rnnlab train`` spends seconds of CPU importing torch and torch._dynamo (which
 the optimiser pulls in) before it reads its first argument; the bad-input matrix and the crash
 tests need dozens of processes. So a server process imports all that once and, per request,
 forks a child that runs ``rnnlab/__main__.py`` exactly as ``python -m rnnlab`` does: its own

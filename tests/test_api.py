@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -125,3 +126,47 @@ def test_load_errors_are_rnnlab_errors(tmp_path: Path, text_run: Path) -> None:
     (broken / ckpt.VOCAB).write_text("{oops", encoding="utf-8")
     with pytest.raises(RnnlabError, match="corrupted"):
         LanguageModel.load(broken)
+
+
+def test_perplexity_of_a_text_reads_it_as_one_stream(text_run: Path) -> None:
+    lm = LanguageModel.load(text_run)
+    text = "the cat sees the ball\nmy friend hears the river today\n"
+    ids = torch.tensor(lm.vocab.encode(
+        [w for line in text.splitlines() for w in [*line.split(), "<eos>"]]))
+    total, count = evaluate_stream(lm.model, ids, 1, lm.config.data.bptt)
+    one_stream = math.exp(total / count)
+    for default in (10, 3):  # the split evaluation's batch size plays no part
+        lm.config.data.eval_batch_size = default
+        assert lm.perplexity(text) == pytest.approx(one_stream, rel=1e-6)
+        assert lm.evaluate_text(text)["batch_size"] == 1
+    # An explicit batch size still cuts the text into rows, each starting from an empty state.
+    rows = lm.evaluate_text(text, batch_size=4)
+    assert rows["batch_size"] == 4 and rows["tokens"] == count
+    with pytest.raises(RnnlabError, match="batch size"):
+        lm.evaluate_text(text, batch_size=0)
+
+
+def test_save_refuses_an_existing_run_unless_told_to_overwrite(tmp_path: Path,
+                                                               text_run: Path) -> None:
+    lm = LanguageModel.load(text_run)
+    other = tmp_path / "other"
+    shutil.copytree(text_run, other)  # a whole run: trainer.pt, last-*, logs
+    (other / "labels.txt").write_text("pos\nneg\n", encoding="utf-8")
+    before = {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()}
+    with pytest.raises(RnnlabError, match="overwrite") as info:
+        lm.save(other)
+    assert "\n" not in str(info.value)
+    assert {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()} == before
+
+    out = lm.save(other, overwrite=True)
+    assert out == other
+    # Replaced whole: nothing of the previous run is left beside the new one.
+    assert sorted(p.name for p in other.iterdir()) == sorted(
+        [ckpt.CONFIG, ckpt.VOCAB, ckpt.BEST, ckpt.METRICS])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]  # no temporary left
+    again = LanguageModel.load(other)
+    assert again.vocab.itos == lm.vocab.itos
+    with pytest.raises(RnnlabError, match="nothing to resume"):
+        LanguageModel.load(other, weights="last")
+    (tmp_path / "empty").mkdir()
+    assert lm.save(tmp_path / "empty") == tmp_path / "empty"  # an empty folder is no run

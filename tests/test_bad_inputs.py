@@ -229,6 +229,8 @@ CASES: dict[str, Case] = {
     "hidden-size-negative": Case([*TRAIN, "--set", "model.hidden_size=-1"], "must be positive"),
     "epochs-zero": Case([*TRAIN, "--epochs", "0"], "epochs must be positive"),
     "lr-negative": Case([*TRAIN, "--set", "train.lr=-0.1"], "lr must be positive"),
+    "lr-nan": Case([*TRAIN, "--set", "train.lr=nan"], r"train\.lr .*finite"),
+    "lr-inf": Case([*TRAIN, "--set", "train.lr=inf"], r"train\.lr .*finite"),
     "unknown-device": Case([*TRAIN, "--device", "tpu"], "unknown device"),
     "cuda-without-cuda": Case([*TRAIN, "--device", "cuda"], "CUDA is not available",
                               skip="CUDA is available" if torch.cuda.is_available() else None),
@@ -291,6 +293,16 @@ CASES: dict[str, Case] = {
                                 run="word"),
     "generate-top-p-above-one": Case(["generate", "run", "--top-p", "1.5"], "top-p must be in",
                                      run="word"),
+    "generate-nan-temperature": Case(["generate", "run", "--temperature", "nan"],
+                                     "temperature must be >= 0 and finite", run="word"),
+    "generate-infinite-temperature": Case(["generate", "run", "--temperature", "inf"],
+                                          "temperature must be >= 0 and finite", run="word"),
+    "generate-nan-top-p": Case(["generate", "run", "--top-p", "nan"], "top-p must be in",
+                               run="word"),
+    "eval-batch-size-zero": Case(["eval", "run", "--batch-size", "0"],
+                                 "--batch-size must be positive, got 0", run="word"),
+    "eval-batch-size-negative": Case(["eval", "run", "--batch-size", "-3"],
+                                     "--batch-size must be positive, got -3", run="word"),
     "generate-zero-samples": Case(["generate", "run", "--num-samples", "0"],
                                   "number of samples must be positive", run="word"),
     "char-empty-prime": Case(["generate", "run", "--prime", ""], "prime text is empty",
@@ -334,6 +346,18 @@ CASES: dict[str, Case] = {
                                      "only budget and train.* options may change", run="word"),
     "resume-with-bad-budget": Case([*RESUME, "--epochs", "0"], "epochs must be positive",
                                    run="word"),
+    # The seed draws a classifier's train/valid split and the order of batches and windows.
+    "resume-classifier-with-seed": Case([*RESUME, "--seed", "5"],
+                                        "--seed cannot be used with --resume", run="clf"),
+    "resume-with-seed-set": Case([*RESUME, "--set", "train.seed=5"],
+                                 "--seed cannot be used with --resume", run="word"),
+    "resume-with-bare-seed-set": Case([*RESUME, "--set", "seed=5"],
+                                      "--seed cannot be used with --resume", run="word"),
+    "resume-with-out": Case([*RESUME, "--out", "elsewhere"],
+                            "^rnnlab: error: --out cannot be used with --resume; the run "
+                            "continues in run$", run="word"),
+    "resume-with-nan-budget": Case([*RESUME, "--max-minutes", "nan"],
+                                   r"train\.max_minutes .*finite", run="word"),
     "out-is-an-existing-run": Case([*TRAIN[:-2], "--out", "run"], "already holds a run",
                                    run="word"),
     # --- classifier ---
@@ -353,6 +377,8 @@ CASES: dict[str, Case] = {
     "clf-unknown-format": Case([*TRAIN, "--task", "classify", "--train", "r.txt"],
                                "cannot tell the format", write("r.txt", "a,b\n")),
     "clf-predict-nothing": Case(["predict", "run"], "nothing to classify", run="clf"),
+    "clf-predict-batch-size-zero": Case(["predict", "run", "good", "--batch-size", "0"],
+                                        "--batch-size must be positive, got 0", run="clf"),
     "clf-predict-empty-text": Case(["predict", "run", " "], "empty", run="clf"),
     "clf-predict-empty-file": Case(["predict", "run", "--file", "p.txt"],
                                    "empty or only whitespace", write("p.txt", "\n\n"), run="clf"),
@@ -411,6 +437,22 @@ def test_bad_input_fails_with_one_clear_line(runner: CliRunner, runs: dict[str, 
         assert out == run or not (out / ckpt.CONFIG).exists(), "a failed run left a run behind"
     if case.extra:
         case.extra(tmp_path)
+
+
+@pytest.mark.parametrize("kind, args", [
+    ("char", ["--prime", "to beZQ#"]),
+    ("word", ["--prime", "the cat", "--top-k", "-1"]),
+    ("word", ["--prime", "the cat", "--temperature", "nan", "--num-samples", "2"]),
+])
+def test_generate_that_fails_prints_nothing_on_stdout(runner: CliRunner, runs: dict[str, Path],
+                                                      tmp_path: Path, kind: str,
+                                                      args: list[str]) -> None:
+    # Scripts capture stdout as the sample: a failure must not leave the prime there.
+    shutil.copytree(runs[kind], tmp_path / "run")
+    result = runner.run(["generate", "run", "--seed", "1", *args], tmp_path)
+    assert result.returncode == 2, result.stderr
+    check_one_error_line(result.stderr, ".")
+    assert result.stdout == ""
 
 
 def test_a_fresh_interpreter_fails_the_same_way(runs: dict[str, Path], tmp_path: Path,

@@ -1,9 +1,11 @@
-"""``benchmarks/lm_throughput.py`` runs and counts FLOPs as the issue defines them; the plain
-PyTorch yardstick it can time trains the same model."""
+"""``benchmarks/lm_throughput.py`` and ``mfu_ceiling.py`` run, count matmul FLOPs exactly and
+report unrounded figures whose ratios agree with each other; the plain PyTorch yardstick trains
+the same model. No test bounds a measured time: machines differ in speed."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -40,8 +42,16 @@ def _run_benchmark(script: str, *options: str) -> dict:
     return json.loads(done.stdout)
 
 
-def test_lm_throughput_prints_its_figures_with_the_issue_flop_count() -> None:
-    result = _run_benchmark("lm_throughput.py", "--steps", "4", "--rounds", "2", "--warmup", "1",
+def _assert_measured(result: dict, keys: tuple[str, ...]) -> None:
+    """Each of ``keys`` is a finite, positive float: measured, and not rounded away to 0."""
+    for key in keys:
+        assert isinstance(result[key], float), key
+        assert math.isfinite(result[key]) and result[key] > 0, (key, result[key])
+
+
+def test_lm_throughput_counts_matmul_flops_and_reports_consistent_unrounded_figures() -> None:
+    # One round: each median is then the round's own ratio, so the ratios can be checked exactly.
+    result = _run_benchmark("lm_throughput.py", "--steps", "3", "--rounds", "1", "--warmup", "1",
                             "--gen-tokens", "5", "--baseline")
     # 2 x (two layers of 4H x (input + H), plus the decoder H x V) per token; training = 3x.
     h, v = 16, 50
@@ -49,12 +59,22 @@ def test_lm_throughput_prints_its_figures_with_the_issue_flop_count() -> None:
     assert result["forward_flops_per_token"] == forward
     assert result["train_flops_per_token"] == 3 * forward
     assert result["vocab_size"] == v and result["threads"] == 1
-    for key in ("train_tokens_per_s", "eval_tokens_per_s", "plain_train_tokens_per_s",
-                "generate_tokens_per_s_batch1", "matmul_flops_per_s", "mfu",
-                "speedup_over_plain"):
-        assert result[key] > 0, key
-    assert result["mfu"] == pytest.approx(
-        result["train_flops_per_s"] / result["matmul_flops_per_s"], rel=1.0)
+    _assert_measured(result, (
+        "train_tokens_per_s", "train_flops_per_s", "eval_tokens_per_s", "eval_over_train",
+        "plain_train_tokens_per_s", "speedup_over_plain", "generate_tokens_per_s_batch1",
+        "generate_tokens_per_s_batch16", "matmul_flops_per_s", "mfu"))
+    low, high = result["matmul_flops_per_s_range"]  # the peak read before and after the round
+    assert 0 < low <= result["matmul_flops_per_s"] <= high
+    assert result["matmul_flops_per_s"] == pytest.approx((low + high) / 2, rel=1e-12)
+    exact = 1e-9  # what float arithmetic leaves of an identity
+    assert result["train_flops_per_s"] == pytest.approx(
+        result["train_flops_per_token"] * result["train_tokens_per_s"], rel=exact)
+    # mfu is measured against the higher of the two peak readings around its round.
+    assert result["mfu"] == pytest.approx(result["train_flops_per_s"] / high, rel=exact)
+    assert result["eval_over_train"] == pytest.approx(
+        result["eval_tokens_per_s"] / result["train_tokens_per_s"], rel=exact)
+    assert result["speedup_over_plain"] == pytest.approx(
+        result["train_tokens_per_s"] / result["plain_train_tokens_per_s"], rel=exact)
     assert result["cpu"]
 
 
@@ -81,12 +101,21 @@ def test_plain_baseline_refuses_what_it_cannot_build() -> None:
 
 
 def test_mfu_ceiling_runs_and_counts_a_step_as_lm_throughput_does() -> None:
-    result = _run_benchmark("mfu_ceiling.py", "--steps", "2", "--rounds", "2", "--warmup", "1")
+    # One round: each median is then the round's own figure, so the ratios can be checked exactly.
+    result = _run_benchmark("mfu_ceiling.py", "--steps", "2", "--rounds", "1", "--warmup", "1")
     h, v = 16, 50
-    assert result["train_flops_per_step"] == 3 * 2 * (2 * 4 * h * (h + h) + h * v) * 4 * 5
-    for key in ("recurrent_ms", "output_matmuls_ms", "train_step_ms", "ceiling_mfu", "mfu",
-                "share_of_ceiling"):
-        assert result[key] > 0, key
+    flops = 3 * 2 * (2 * 4 * h * (h + h) + h * v) * 4 * 5
+    assert result["train_flops_per_step"] == flops
+    _assert_measured(result, ("recurrent_s", "output_matmuls_s", "train_step_s", "ceiling_mfu",
+                              "mfu", "share_of_ceiling"))
+    low, high = result["matmul_flops_per_s_range"]
+    assert 0 < low <= high
+    exact = 1e-9
+    assert result["mfu"] == pytest.approx(flops / result["train_step_s"] / high, rel=exact)
+    assert result["ceiling_mfu"] == pytest.approx(
+        flops / (result["recurrent_s"] + result["output_matmuls_s"]) / high, rel=exact)
+    assert result["share_of_ceiling"] == pytest.approx(
+        result["mfu"] / result["ceiling_mfu"], rel=exact)
 
 
 def test_mfu_ceiling_summary_compares_each_round_with_the_peaks_around_it() -> None:
@@ -99,8 +128,20 @@ def test_mfu_ceiling_summary_compares_each_round_with_the_peaks_around_it() -> N
     assert result["ceiling_mfu"] == 1.0
     assert result["mfu"] == 0.5
     assert result["share_of_ceiling"] == 0.5
-    assert (result["recurrent_ms"], result["output_matmuls_ms"], result["train_step_ms"]) == (
-        500.0, 500.0, 2000.0)
+    assert (result["recurrent_s"], result["output_matmuls_s"], result["train_step_s"]) == (
+        0.5, 0.5, 2.0)
+
+
+def test_mfu_ceiling_summary_keeps_times_far_below_a_millisecond() -> None:
+    # A fast machine's output matmuls: their seconds and the ratios must survive unrounded.
+    rounds = [(3e-6, 4e-8, 1e-5)]
+    result = summary(rounds, [1e9, 2e9], 1000.0)
+    assert (result["recurrent_s"], result["output_matmuls_s"], result["train_step_s"]) == (
+        3e-6, 4e-8, 1e-5)
+    assert result["mfu"] == pytest.approx(1000.0 / 1e-5 / 2e9, rel=1e-12)
+    assert result["ceiling_mfu"] == pytest.approx(1000.0 / (3e-6 + 4e-8) / 2e9, rel=1e-12)
+    assert result["share_of_ceiling"] == pytest.approx(
+        result["mfu"] / result["ceiling_mfu"], rel=1e-12)
 
 
 def test_mfu_ceiling_refuses_an_adaptive_softmax() -> None:

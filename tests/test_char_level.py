@@ -12,6 +12,9 @@ import rnnlab
 from rnnlab.config import resolve_config
 from rnnlab.data.lm_data import load_lm_data
 from rnnlab.errors import RnnlabError
+from rnnlab.models import language_model
+from rnnlab.models.cells import run_stack
+from rnnlab.models.language_model import RNNLanguageModel
 
 SENTENCE = "hello pytorch. how long can a rnn cell remember? show me your limit!"
 
@@ -89,6 +92,28 @@ def test_prime_with_unknown_characters(tmp_path: Path) -> None:
     for bad in ({"max_tokens": 0}, {"temperature": -1.0}, {"top_k": -1}):
         with pytest.raises(RnnlabError):
             lm.generate("ab", **({"max_tokens": 5} | bad))
+
+
+def test_char_rnn_preset_never_drops_input_characters(monkeypatch) -> None:
+    config = resolve_config(preset="char-rnn").model
+    vocab = 65  # Tiny Shakespeare's alphabet
+    torch.manual_seed(0)
+    model = RNNLanguageModel(config, vocab).train()
+    seen = []
+
+    def recording(rnn, x, state):
+        seen.append(x.detach().clone())
+        return run_stack(rnn, x, state)
+
+    monkeypatch.setattr(language_model, "run_stack", recording)
+    tokens = torch.randint(0, vocab, (8, 20), generator=torch.Generator().manual_seed(1))
+    for _ in range(3):  # each pass would draw a fresh mask
+        model.nll(tokens, tokens)
+    for x in seen:  # (B, T, V): every character reaches the LSTM as its exact one-hot vector
+        assert torch.equal(x, torch.nn.functional.one_hot(tokens, vocab).float())
+    # The classic recipe's dropout stays between the layers and before the decoder.
+    assert config.dropout_rates() == (0.0, 0.5, 0.5)
+    assert (model.rnn.dropout, model.output_dropout.p) == (0.5, 0.5)
 
 
 def test_text_shorter_than_one_sequence_is_a_clear_error(tmp_path: Path) -> None:

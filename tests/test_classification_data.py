@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from rnnlab.checkpoint import atomic_write_text
 from rnnlab.data import classification as cls
 from rnnlab.data.classification import (
     Examples,
@@ -196,9 +198,52 @@ def test_convert_aclimdb_layout(tmp_path):
     assert [(r["label"], r["rating"]) for r in _records(paths["test"])] == [(0, 4), (1, 10)]
     assert _records(paths["unsup"]) == [{"text": "Nor here.", "id": "train/unsup/0_0"},
                                         {"text": "No label here.", "id": "train/unsup/3_0"}]
-    assert not list((tmp_path / "imdb").glob(".*part"))  # no temporary files left
+    assert not list((tmp_path / "imdb").glob(".*"))  # no temporary files left
     ex = read_examples(paths["train"], rename=cls.IMDB_LABELS)
     assert ex.labels == ["pos", "neg", "pos", "neg"]
+
+
+def test_converted_files_get_the_usual_mode_and_reach_the_disk(tmp_path, monkeypatch):
+    # A shared data folder needs files readable like any other file the user creates (umask),
+    # and a crash right after the conversion must not leave empty or torn files behind.
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    archive = _fake_aclimdb(tmp_path / "a.tar.gz")
+    old_umask = os.umask(0o022)
+    try:
+        paths = convert_aclimdb(archive, tmp_path / "imdb")
+        atomic_write_text(tmp_path / "reference.json", "{}")
+    finally:
+        os.umask(old_umask)
+    reference = (tmp_path / "reference.json").stat().st_mode & 0o777
+    assert reference == 0o644
+    assert {split: p.stat().st_mode & 0o777 for split, p in paths.items()} == {
+        "train": 0o644, "test": 0o644, "unsup": 0o644}
+    names = [os.path.basename(p) for p in synced]
+    for split in ("train", "test", "unsup"):
+        assert any(n.startswith(f".{split}.jsonl.gz.") for n in names), names
+    assert str(tmp_path / "imdb") in synced  # the renames themselves are made durable
+
+
+def test_interrupted_conversion_leaves_no_file(tmp_path, monkeypatch):
+    real_dumps, calls = json.dumps, [0]
+
+    def dumps(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise OSError(28, "No space left on device")
+        return real_dumps(*args, **kwargs)
+
+    monkeypatch.setattr(cls.json, "dumps", dumps)
+    with pytest.raises(OSError):
+        convert_aclimdb(_fake_aclimdb(tmp_path / "a.tar.gz"), tmp_path / "imdb")
+    assert list((tmp_path / "imdb").iterdir()) == []
 
 
 def test_convert_rejects_a_broken_archive(tmp_path):

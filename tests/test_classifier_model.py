@@ -104,6 +104,20 @@ def test_auto_path_is_dense_on_cpu_and_options_are_checked():
         RNNClassifier(ModelConfig(), VOCAB, 1)
 
 
+@pytest.mark.parametrize("path", ["packed", "dense"])
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_a_row_without_tokens_is_refused_not_pooled(path, pooling):
+    # Pooling nothing has no meaning (mean divides by zero, last reads index -1): the data
+    # pipeline leaves such texts out, and the model says so if one slips through.
+    model = _model(pooling=pooling)
+    model.path = path
+    tokens, lengths = _batch([3, 1, 2])
+    lengths[1] = 0
+    tokens[1] = 0
+    with pytest.raises(ValueError, match="row 1 has no tokens"):
+        model(tokens, lengths)
+
+
 def test_state_dict_holds_only_the_stack_weights():
     model = _model("lstm", True, "mean", 2)
     keys = set(model.state_dict())

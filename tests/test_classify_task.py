@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import rnnlab
-from rnnlab.config import DataConfig, resolve_config
+from rnnlab import cli
+from rnnlab.config import POOLINGS, DataConfig, resolve_config
 from rnnlab.data.lm_data import load_lm_data
 from rnnlab.errors import RnnlabError
 from rnnlab.training.classify_task import (
@@ -153,6 +154,82 @@ def test_predict_texts_keeps_order_and_validates(task):
         predict_texts(task.model, task.vocab, task.label_names, [], 50)
     with pytest.raises(RnnlabError, match="text 2 of 2 is empty"):
         predict_texts(task.model, task.vocab, task.label_names, ["ok", "  "], 50)
+
+
+def append_reviews(path: Path, rows: list[tuple[str, str]]) -> Path:
+    """Add (review, sentiment) rows to a CSV made by :func:`write_reviews`."""
+    with open(path, "a", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([1000 + i, text, label] for i, (text, label) in
+                                     enumerate(rows))
+    return path
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_texts_without_tokens_are_skipped_and_counted(tmp_path, pooling):
+    # "<br />" is all markup: a row of zero tokens would make mean pooling divide by zero,
+    # last pooling read index -1, and packing fail.
+    train = append_reviews(write_reviews(tmp_path / "train.csv", 60, seed=1),
+                           [("<br />", "pos"), ("<br/><BR>", "neg"), ("<br /> <br />", "mixed")])
+    test = append_reviews(write_reviews(tmp_path / "test.csv", 12, seed=2), [("<br />", "neg")])
+    config = _config(tmp_path, **{"data.train": str(train), "data.test": str(test),
+                                  "model.pooling": pooling})
+    with pytest.warns(UserWarning) as caught:
+        task = build_classification_task(config, CPU)
+    skipped = task.stats["skipped_empty"]
+    assert skipped["train"] + skipped["valid"] == 3 and skipped["test"] == 1
+    assert len(task.sets["train"]) + len(task.sets["valid"]) == 60 and len(task.sets["test"]) == 12
+    assert all(int(data.lengths.min()) >= 1 for data in task.sets.values())
+    messages = [str(w.message) for w in caught]
+    assert any(m.startswith("skipped 1 test text of 13 with no tokens") for m in messages)
+    assert sum("no tokens" in m for m in messages) == sum(1 for n in skipped.values() if n)
+    for split in ("valid", "test"):
+        result = task.evaluate(split)
+        assert torch.isfinite(torch.tensor([result["loss"], result["accuracy"]])).all()
+    for batch in task.batches(0):
+        loss, _ = task.train_loss(batch)
+        assert torch.isfinite(loss)
+
+
+def test_a_split_left_without_texts_is_a_clear_error(tmp_path):
+    train = write_reviews(tmp_path / "train.csv", 30, seed=1)
+    test = append_reviews(write_reviews(tmp_path / "test.csv", 0, seed=2),
+                          [("<br />", "neg"), ("<br>", "pos")])
+    config = _config(tmp_path, **{"data.train": str(train), "data.test": str(test)})
+    with pytest.raises(RnnlabError, match="no test text has a token"):
+        build_classification_task(config, CPU)
+
+
+NO_TOKENS = {"label": None, "probs": None, "error": "the text has no tokens"}
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_predict_answers_texts_without_tokens_one_by_one(tmp_path, pooling):
+    train = write_reviews(tmp_path / "train.csv", 60, seed=1)
+    task = build_classification_task(
+        _config(tmp_path, **{"data.train": str(train), "model.pooling": pooling}), CPU)
+    texts = ["<br />", "A great film", "<BR/><br>", "!!!"]
+    out = predict_texts(task.model, task.vocab, task.label_names, texts, 50, batch_size=2)
+    assert [out[0], out[2]] == [NO_TOKENS] * 2
+    for result in (out[1], out[3]):  # punctuation is made of tokens
+        assert result["label"] in task.label_names and "error" not in result
+        assert sum(result["probs"].values()) == pytest.approx(1.0, abs=1e-5)
+    alone = predict_texts(task.model, task.vocab, task.label_names, ["A great film"], 50)
+    assert alone[0]["probs"] == pytest.approx(out[1]["probs"], abs=1e-6)
+    assert predict_texts(task.model, task.vocab, task.label_names, ["<br>"], 50) == [NO_TOKENS]
+
+
+def test_predict_command_prints_texts_without_tokens_as_unlabelled(tmp_path, capsys):
+    train = write_reviews(tmp_path / "train.csv", 60, seed=1)
+    config = _config(tmp_path, **{"data.train": str(train), "train.max_steps": 1})
+    rnnlab.train(config, tmp_path / "run")
+    capsys.readouterr()
+    assert cli.main(["predict", str(tmp_path / "run"), "<br />", "loved it"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0] == {"text": "<br />", **NO_TOKENS}
+    assert lines[1]["text"] == "loved it" and lines[1]["label"] in ("mixed", "neg", "pos")
+    assert set(lines[1]["probs"]) == {"mixed", "neg", "pos"}
+    clf = rnnlab.TextClassifier.load(tmp_path / "run")
+    assert clf.predict(["<br/>"]) == [NO_TOKENS]
 
 
 def test_artifacts_round_trip(task, tmp_path):

@@ -11,11 +11,14 @@ commands run once, a few at a time, in two module-scoped batches; the tests read
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -283,3 +286,94 @@ def test_eval_uses_the_runs_threads_unless_told(tmp_path: Path, monkeypatch: pyt
     assert cli.main(["eval", str(tmp_path / "run"), "--split", "valid"]) == 0
     assert cli.main(["eval", str(tmp_path / "run"), "--split", "valid", "--threads", "2"]) == 0
     assert chosen == [1, 2]
+
+
+def test_resume_says_that_max_minutes_is_the_total_budget(
+        train_tiny: Callable[..., rnnlab.TrainResult], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rnnlab import cli
+
+    run = train_tiny(train__max_steps=3).run_dir
+    elapsed = ckpt.load_trainer_state(run / ckpt.TRAINER)["elapsed"]
+    assert cli.main(["train", "--resume", str(run), "--max-minutes", "30", "--samples", "0",
+                     "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert f"budget: 30 minutes in total, {elapsed / 60:.1f} already used" in out
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    assert "in total" in " ".join(capsys.readouterr().out.split())
+
+
+def test_unknown_key_advice_names_a_command_that_lists_every_key(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from rnnlab import cli
+    from rnnlab.config import SECTIONS
+
+    assert cli.main(["train", "--set", "train.no_such_key=1"]) == 2
+    advice = re.search(r"`rnnlab ([^`]+)`", capsys.readouterr().err)
+    assert advice is not None
+    assert cli.main(advice.group(1).split()) == 0
+    out = capsys.readouterr().out
+    for section, cls in SECTIONS.items():
+        for field in dataclasses.fields(cls):
+            assert f"{section}.{field.name}" in out
+
+
+def test_presets_name_prints_a_toml_config_file_of_the_same_recipe(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib import resources
+
+    from rnnlab import cli
+    from rnnlab.config import preset_names, read_preset, resolve_config
+
+    for name in preset_names():
+        assert cli.main(["presets", name]) == 0
+        out = capsys.readouterr().out
+        tomllib.loads(out)
+        text = (resources.files("rnnlab") / "presets" / f"{name}.toml").read_text("utf-8")
+        assert text in out  # the file as written, comments included
+        path = tmp_path / f"{name}.toml"
+        path.write_text(out, encoding="utf-8")
+        # The char presets name no corpus: used, as the README does, on a character corpus.
+        level = read_preset(name).get("data", {}).get("level", "word")
+        data = {"data.corpus": "tinyshakespeare"} if level == "char" else {}
+        assert (resolve_config(config_file=path, overrides=data).to_dict()
+                == resolve_config(preset=name, overrides=data).to_dict()), name
+
+
+def test_char_level_samples_skip_the_vocabularys_unknown_symbol(
+        train_tiny: Callable[..., rnnlab.TrainResult], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from rnnlab import cli
+
+    text = tmp_path / "chars.txt"
+    text.write_text("to be or not to be, that is the question.\n" * 40, encoding="utf-8")
+    run = train_tiny(data__text=str(text), data__level="char", train__max_steps=3).run_dir
+    lm = LanguageModel.load(run)
+    assert lm.vocab.level == "char" and lm.vocab.unk is not None
+    with torch.no_grad():  # make the unknown symbol by far the most likely output
+        lm.model.decoder.bias[lm.vocab.unk_id] = 50.0
+    ckpt.save_weights(lm.model, run / ckpt.BEST)
+    capsys.readouterr()
+    cli.report_language_model(run, 2)
+    samples = [line for line in capsys.readouterr().out.splitlines()
+               if line.startswith("sample ")]
+    assert len(samples) == 2
+    assert not any(lm.vocab.unk in line for line in samples)
+
+
+def test_data_path_prints_the_folder_that_holds_the_corpus_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rnnlab import cli
+    from rnnlab.data.corpora import CORPORA
+
+    printed = {}
+    for name, corpus in sorted(CORPORA.items()):
+        if not corpus.files:
+            continue
+        assert cli.main(["data", "path", name, "--data-dir", str(tmp_path)]) == 0
+        printed[name] = Path(capsys.readouterr().out.strip())
+        assert {(tmp_path / f.path).parent for f in corpus.files} == {printed[name]}, name
+    assert printed["wikitext2"] == tmp_path / "wikitext-2"

@@ -247,3 +247,31 @@ def test_unknown_preset() -> None:
 def test_every_preset_resolves(name: str) -> None:
     config = resolve_config(preset=name)
     assert config.preset == name
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"train.lr": "nan"},
+        {"train.lr": "inf"},
+        {"train.max_minutes": "nan"},
+        {"train.clip": "-inf"},
+        {"model.dropout": "nan"},
+        {"data.valid_fraction": "nan"},
+        {"data.split": "nan,0.5,0.5"},
+    ],
+)
+def test_non_finite_numbers_are_rejected_naming_the_key(override: dict[str, Any]) -> None:
+    (key,) = override
+    with pytest.raises(RnnlabError, match=rf"{key.replace('.', '[.]')}.*finite"):
+        resolve_config(preset=_preset("synthetic"), overrides=override)
+
+
+def test_non_finite_numbers_are_rejected_from_files_and_the_python_api(tmp_path: Path) -> None:
+    with pytest.raises(RnnlabError, match=r"train\.lr.*finite"):
+        resolve_config(preset=_preset("synthetic"),
+                       config_file=_toml(tmp_path, "[train]\nlr = nan\n"))
+    config = RunConfig()
+    config.train.weight_decay = float("inf")
+    with pytest.raises(RnnlabError, match=r"train\.weight_decay.*finite"):
+        config.validate()

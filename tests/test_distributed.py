@@ -244,3 +244,130 @@ def test_gradient_scaler_skips_overflowing_steps_without_failing(tmp_path: Path)
     assert adam_steps == {2.0}  # only the two finite steps moved the weights
     saved = ckpt.load_trainer_state(tmp_path / "run" / ckpt.TRAINER)
     assert saved["scaler"]["scale"] == 1024.0 / 2**6
+
+
+# --- agreement between ranks that do not share a disk -----------------------------------------
+
+# Each child joins a 2-rank gloo group as torchrun would have it (the environment says who it
+# is), runs BODY, and prints one OUTCOME line; the test bounds the whole with a timeout.
+_RANK_SCRIPT = """
+import os, sys
+from pathlib import Path
+import torch
+from torch import nn
+from rnnlab import distributed
+from rnnlab.config import RunConfig
+from rnnlab.errors import RnnlabError
+from rnnlab.training.trainer import Trainer, _RolledBack
+
+class Task:
+    best_metric, higher_is_better, unit = "loss", False, "items"
+    def __init__(self):
+        torch.manual_seed(0)
+        self.model = nn.Linear(3, 1)
+    def steps_per_epoch(self):
+        return 10
+    def batches(self, epoch, start=0):
+        for i in range(start, 10):
+            yield torch.full((4, 3), float(i))
+    def train_loss(self, batch):
+        return (self.model(batch) - 1.0).pow(2).mean(), batch.shape[0]
+    def evaluate(self, split):
+        return {"loss": 1.0}
+    def state_dict(self):
+        return {}
+    def load_state_dict(self, state):
+        pass
+
+root = Path(sys.argv[1])
+outcome = "none"
+try:
+    with distributed.session("cpu") as device:
+BODY
+except RnnlabError as exc:
+    outcome = f"error: {exc}"
+print("OUTCOME", distributed.rank() if distributed.is_distributed() else os.environ["RANK"],
+      outcome, flush=True)
+"""
+
+_ROLL_BACK = """
+        # No shared disk: each rank has its own run directory and rank 0 alone writes files.
+        run_dir = root / f"rank{distributed.rank()}"
+        run_dir.mkdir()
+        config = RunConfig()
+        config.train.optimizer, config.train.lr, config.train.schedule = "adam", 0.01, "constant"
+        config.validate()
+        trainer = Trainer(Task(), config, run_dir, device)
+        batches = list(Task().batches(0))
+        trainer.train_step(batches[0])
+        trainer._save_last()  # the checkpoint of step 1, on rank 0's disk only
+        if os.environ.get("STALE_ON_RANK1") and distributed.rank() == 0:
+            (run_dir / "trainer.pt").unlink()  # rank 0 sees no checkpoint...
+        elif os.environ.get("STALE_ON_RANK1"):
+            (run_dir / "trainer.pt").write_bytes(b"stale")  # ...rank 1 a stale one
+        trainer.train_step(batches[1])
+        try:
+            trainer._roll_back("a test fault")
+        except _RolledBack:
+            weights = [round(float(p.sum()), 6) for p in trainer.model.parameters()]
+            outcome = f"rolled back to step {trainer.step} scale {trainer.lr_scale} {weights}"
+"""
+
+_MAIN_FIRST_FAILS = """
+        with distributed.main_first():
+            if distributed.rank() == 0:
+                raise RnnlabError("the corpus could not be downloaded")
+        outcome = "went on"
+"""
+
+
+def _run_ranks(body: str, root: Path, env: dict[str, str] | None = None) -> dict[int, str]:
+    """Two ranks of ``body`` on 127.0.0.1; each rank's OUTCOME line. Fails if they hang."""
+    script = _RANK_SCRIPT.replace("BODY\n", body.lstrip("\n"))
+    port = str(_free_port())
+    procs = []
+    for r in range(2):
+        child_env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(r), "LOCAL_RANK": "0",
+                     "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                     "MASTER_PORT": port, **(env or {})}
+        if sys.platform.startswith("linux"):
+            child_env["GLOO_SOCKET_IFNAME"] = "lo"
+        procs.append(subprocess.Popen([sys.executable, "-c", script, str(root)], env=child_env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=120)[0])
+    except subprocess.TimeoutExpired:
+        pytest.fail("the ranks hung instead of agreeing")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    outcomes = {}
+    for out in outputs:
+        line = next((x for x in out.splitlines() if x.startswith("OUTCOME ")), None)
+        assert line is not None, out[-3000:]
+        _, rank, outcome = line.split(" ", 2)
+        outcomes[int(rank)] = outcome
+    return outcomes
+
+
+def test_roll_back_is_decided_on_rank_0_when_only_it_sees_the_checkpoint(tmp_path: Path) -> None:
+    outcomes = _run_ranks(_ROLL_BACK, tmp_path)
+    assert outcomes[0] == outcomes[1], outcomes
+    assert outcomes[0].startswith("rolled back to step 1 scale 0.5"), outcomes
+
+
+def test_no_roll_back_on_any_rank_when_rank_0_has_no_checkpoint(tmp_path: Path) -> None:
+    outcomes = _run_ranks(_ROLL_BACK, tmp_path, {"STALE_ON_RANK1": "1"})
+    assert outcomes[0] == outcomes[1], outcomes
+    assert outcomes[0].startswith("error: a test fault before any checkpoint was written")
+
+
+def test_a_failure_inside_main_first_reaches_every_rank_as_an_error(tmp_path: Path) -> None:
+    outcomes = _run_ranks(_MAIN_FIRST_FAILS, tmp_path)
+    assert outcomes == {0: "error: the corpus could not be downloaded",
+                        1: "error: the corpus could not be downloaded"}

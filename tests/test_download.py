@@ -74,7 +74,7 @@ def _closed_port() -> int:
 
 
 def _no_temp_files(folder: Path) -> bool:
-    return not [p for p in folder.iterdir() if p.name.endswith(".part")]
+    return not [p for p in folder.iterdir() if p.name.startswith(".")]
 
 
 def test_good_file_is_downloaded_verified_and_placed(server: LocalServer, tmp_path: Path) -> None:
@@ -84,7 +84,7 @@ def test_good_file_is_downloaded_verified_and_placed(server: LocalServer, tmp_pa
     assert download(server.url("train.txt"), dest, sha) == dest
     assert dest.read_bytes() == content
     assert sha256_of(dest) == sha
-    assert os.listdir(dest.parent) == ["train.txt"]  # no *.part left behind
+    assert os.listdir(dest.parent) == ["train.txt"]  # no temporary file left behind
 
 
 def test_downloaded_file_gets_normal_permissions(server: LocalServer, tmp_path: Path) -> None:
@@ -96,6 +96,23 @@ def test_downloaded_file_gets_normal_permissions(server: LocalServer, tmp_path: 
     reference = tmp_path / "data" / "reference"
     reference.write_bytes(b"")
     assert dest.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777
+
+
+def test_downloaded_file_and_its_folder_entry_reach_the_disk(
+        server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    sha = server.publish("a.txt", b"abc\n")
+    dest = tmp_path / "data" / "a.txt"
+    download(server.url("a.txt"), dest, sha)
+    assert any(os.path.basename(p).startswith(".a.txt.") for p in synced), synced
+    assert str(dest.parent) in synced  # the rename is durable too
 
 
 def test_wrong_checksum_leaves_nothing(server: LocalServer, tmp_path: Path) -> None:

@@ -275,3 +275,12 @@ def test_sampled_frequencies_match_the_distribution_over_many_ids() -> None:
     seen = expected > 0
     chi2 = float(((counts[seen] - expected[seen]) ** 2 / expected[seen]).sum())
     assert chi2 < 76  # 41 degrees of freedom: the 99.9th percentile is ~76
+
+
+@pytest.mark.parametrize("options", [{"temperature": math.nan}, {"temperature": math.inf},
+                                     {"top_p": math.nan}])
+def test_non_finite_sample_options_are_rejected(lm: LanguageModel, options: dict) -> None:
+    with pytest.raises(RnnlabError, match="temperature|top-p"):
+        lm.generate("w1", max_tokens=5, **options)
+    with pytest.raises(RnnlabError, match="temperature|top-p"):
+        next(lm.stream("w1", 5, **options))

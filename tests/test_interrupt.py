@@ -1,18 +1,17 @@
 """Crashes and signals: a run directory must always hold a loadable, resumable state.
 
-Training processes are SIGKILLed at random moments (checkpoints are written every step, so many
-kills land inside a write) and at exact points of a checkpoint (inside ``os.replace``, between
-the weights and ``trainer.pt``, in the middle of a metrics line). After every crash the run must
-load, and resuming it to the end must give exactly the run that was never killed.
+Training processes are SIGKILLed at exact, chosen moments, by Python run in the child that
+counts calls (so a kill lands at the same point on any machine): inside a training step, inside
+``os.replace``, between the weights and ``trainer.pt``, in the middle of a metrics line. After
+every crash the run must load, and resuming it to the end must give exactly the run that was
+never killed.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,8 @@ from rnnlab.data.vocab import Vocab
 
 TIMING = {"elapsed", "eval_seconds"}
 
-# 2 epochs of ~50 variable-length windows; a checkpoint after every step, so that kills at
-# random moments often land inside one; dropout and variable BPTT make the RNG part of the state.
+# 2 epochs of ~50 variable-length windows; a checkpoint after every step, so that a run holds
+# many checkpoints to kill it in; dropout and variable BPTT make the RNG part of the state.
 OVERRIDES: dict[str, Any] = {
     "data.corpus": "synthetic", "data.synthetic_tokens": 4_000, "data.batch_size": 8,
     "data.bptt": 10, "data.eval_batch_size": 8, "data.variable_bptt": True,
@@ -112,42 +111,65 @@ def assert_loadable(run: Path) -> int:
     return int(state["step"])
 
 
-def committed(run: Path, after: int | None) -> bool:
-    """A checkpoint newer than the one whose mtime was ``after`` has been committed."""
-    try:
-        return (run / ckpt.TRAINER).stat().st_mtime_ns != after
-    except FileNotFoundError:
-        return False
+# Python run in the child before the CLI: it SIGKILLs the process at an exact point.
+_KILL = "import os, signal\ndef die():\n    os.kill(os.getpid(), signal.SIGKILL)\n"
 
 
-def mtime(path: Path) -> int | None:
-    try:
-        return path.stat().st_mtime_ns
-    except FileNotFoundError:
-        return None
+def kill_at(owner: str, attr: str, n: int, *, after: bool = False, when: str = "True") -> str:
+    """Hook source that SIGKILLs the child at the ``n``th call of ``owner.attr`` whose arguments
+    ``a`` satisfy the expression ``when``, just before the call runs or (``after``) just after."""
+    return _KILL + f"""
+import os, pathlib, torch.autograd
+real, calls = {owner}.{attr}, [0]
+def counted(*a, **k):
+    hit = False
+    if {when}:
+        calls[0] += 1
+        hit = calls[0] == {n}
+    if hit and not {after}:
+        die()
+    result = real(*a, **k)
+    if hit:
+        die()
+    return result
+{owner}.{attr} = counted
+"""
 
 
-def test_sigkill_at_random_moments_never_leaves_a_broken_run(
+def _named(prefix: str, arg: int = 1) -> str:
+    """A ``when`` for ``kill_at``: the call's argument ``arg`` is a path whose name starts so."""
+    return f"os.path.basename(str(a[{arg}])).startswith({prefix!r})"
+
+
+# One process after another on the same run, each resuming the previous one's crash and killed
+# at a different, exact moment (calls are counted from the process's start, so every kill lands
+# at the same point on any machine); each one commits a few checkpoints before it dies.
+KILLS: list[tuple[str, str]] = [
+    ("inside a training step: gradients computed, the weights not yet updated",
+     kill_at("torch.autograd", "backward", 8, after=True)),
+    ("new last weights written and fsynced, not yet renamed",
+     kill_at("os", "replace", 3, when=_named("last-"))),
+    ("new best weights written at an evaluation, not yet renamed",
+     kill_at("os", "replace", 1, when=_named("model.safetensors"))),
+    ("trainer.pt renamed (the checkpoint committed), its folder not yet fsynced",
+     kill_at("os", "replace", 4, after=True, when=_named("trainer.pt"))),
+    ("committed, the previous weights not yet deleted",
+     kill_at("pathlib.Path", "unlink", 2, when=_named("last-", 0))),
+]
+
+
+def test_sigkill_at_chosen_moments_in_turn_never_leaves_a_broken_run(
         cli: CliRunner, reference: Path, tmp_path: Path) -> None:
-    rng = random.Random(20240601)  # fixed: a failure can be replayed
     run = tmp_path / "run"
     steps: list[int] = []
-    for attempt in range(5):
+    for attempt, (moment, hook) in enumerate(KILLS):
         args = TRAIN_ARGS + ["--out", "run"] if attempt == 0 else [
             "train", "--resume", "run", "--samples", "0", "--no-plot"]
-        before = mtime(run / ckpt.TRAINER)
-        child = cli.start(args, tmp_path)
-        # Kill a few milliseconds after a checkpoint is committed: with one checkpoint per step
-        # the process is then inside a step or inside the next checkpoint's writes.
-        wait_for(lambda before=before: committed(run, before), child, "a new checkpoint")
-        time.sleep(rng.uniform(0.0, 0.03))
-        child.send_signal(signal.SIGKILL)
-        result = child.wait()
-        if result.returncode == 0:  # it finished first: nothing more to kill
-            break
-        assert result.returncode == -signal.SIGKILL, result.stderr
+        crashed = cli.run(args, tmp_path, hook=hook)
+        assert crashed.returncode == -signal.SIGKILL, f"not killed {moment}:\n{crashed.stderr}"
         steps.append(assert_loadable(run))
-    assert len(steps) >= 3 and steps == sorted(steps), steps
+    # Every process got further than the one before it: each kill hit a different moment.
+    assert steps == sorted(set(steps)) and steps[0] > 0, steps
     final = cli.run(FINISH_ARGS, tmp_path)
     assert final.returncode == 0, final.stderr
     assert not list(run.glob(".*.tmp")), "the resume should remove what crashes left behind"
@@ -157,7 +179,6 @@ def test_sigkill_at_random_moments_never_leaves_a_broken_run(
 
 # Python run in the child before the CLI: SIGKILL the process at an exact point of the Nth
 # checkpoint. os.replace is where a fully written temporary file becomes the real one.
-_KILL = "import os, signal\ndef die():\n    os.kill(os.getpid(), signal.SIGKILL)\n"
 CRASH_POINTS: dict[str, str] = {
     # The new weights are complete in a temporary file that was never renamed.
     "weights-written-not-renamed": _KILL + """
@@ -266,7 +287,8 @@ def test_a_second_ctrl_c_stops_at_once_and_leaves_a_loadable_run(
     result = child.wait()
     assert result.returncode == 130, result.stderr
     assert "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    # The first Ctrl-C says what will happen, the second what did (or the run stopped first).
+    assert 1 <= len(result.stderr.strip().splitlines()) <= 2, result.stderr
     assert "rnnlab train --resume run" in result.stderr
     assert_loadable(run)
     resumed = cli.run(FINISH_ARGS, tmp_path)
@@ -299,3 +321,94 @@ def test_metrics_after_a_torn_line_stay_readable(tmp_path: Path) -> None:
     ckpt.truncate_log(tmp_path, 2)
     assert (tmp_path / ckpt.METRICS).read_text() == json.dumps({"step": 1, "loss": 2.0}) + "\n"
     assert math.isfinite(ckpt.read_metrics(tmp_path)[0]["loss"])
+
+
+# Python run in the child before the CLI: SIGINT, as Ctrl-C sends it, from inside the Nth
+# evaluation of the run (the evaluation then goes on, as a real one would).
+_SIGINT_IN_EVAL = """
+import os, signal, sys
+from rnnlab.training.lm_task import LanguageModelTask
+real, calls = LanguageModelTask.evaluate, [0]
+def evaluate(self, split):
+    calls[0] += 1
+    if calls[0] == EVAL:
+        for _ in range(PRESSES):
+            signal.raise_signal(signal.SIGINT)
+        print("still evaluating", file=sys.stderr, flush=True)
+    return real(self, split)
+LanguageModelTask.evaluate = evaluate
+"""
+
+
+def sigint_in_eval(evaluation: int, presses: int) -> str:
+    return _SIGINT_IN_EVAL.replace("EVAL", str(evaluation)).replace("PRESSES", str(presses))
+
+
+def test_ctrl_c_in_the_last_evaluation_says_so_at_once_saves_and_exits_130(
+        cli: CliRunner, tmp_path: Path) -> None:
+    # Evaluations at steps 20 and 25 (the end of the step budget): Ctrl-C lands in the last.
+    args = TRAIN_ARGS + ["--out", "run", "--max-steps", "25", "--set", "train.checkpoint_every=0"]
+    result = cli.run(args, tmp_path, hook=sigint_in_eval(2, 1))
+    assert result.returncode == 130, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("rnnlab: stopping after the current step or evaluation and "
+                               "saving"), result.stderr
+    assert "Ctrl-C again" in lines[0]
+    assert lines[1] == "still evaluating"  # said before the evaluation ended
+    assert lines[2] == "rnnlab: interrupted at step 25; resume with: rnnlab train --resume run"
+    assert len(lines) == 3, result.stderr
+    assert assert_loadable(tmp_path / "run") == 25
+
+
+def test_a_second_ctrl_c_in_an_evaluation_says_which_checkpoint_stands(
+        cli: CliRunner, tmp_path: Path) -> None:
+    args = TRAIN_ARGS + ["--out", "run", "--set", "train.checkpoint_every=0"]
+    result = cli.run(args, tmp_path, hook=sigint_in_eval(2, 2))  # in the evaluation of step 40
+    assert result.returncode == 130, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 2, result.stderr
+    assert lines[0].startswith("rnnlab: stopping after the current step or evaluation")
+    assert "the last checkpoint (step 20) stands and nothing newer was saved" in lines[1]
+    assert "rnnlab train --resume run" in lines[1]
+    assert assert_loadable(tmp_path / "run") == 20
+
+
+def test_a_run_directory_in_use_is_refused_to_a_second_run_and_to_a_resume(
+        cli: CliRunner, tmp_path: Path) -> None:
+    from rnnlab.run_lock import claim_run
+
+    run = tmp_path / "run"
+    first = cli.run(TRAIN_ARGS + ["--out", "run", "--max-steps", "3"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    with claim_run(run, new=False):  # as a process resuming it a moment earlier would
+        for args in (TRAIN_ARGS + ["--out", "run"], FINISH_ARGS + ["--max-steps", "6"]):
+            result = cli.run(args, tmp_path)
+            assert result.returncode == 2, result.stderr
+            assert result.stderr.strip().splitlines() == [
+                "rnnlab: error: run is in use by another rnnlab process (training or resuming "
+                "it); wait for it to end or use another --out"]
+            assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+    # Two new runs into one new directory: the second is refused before it writes anything.
+    with claim_run(tmp_path / "new", new=True):
+        result = cli.run(TRAIN_ARGS + ["--out", "new"], tmp_path)
+        assert result.returncode == 2 and "new is in use" in result.stderr, result.stderr
+        assert list((tmp_path / "new").iterdir()) == []
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_its_name_free(
+        cli: CliRunner, tmp_path: Path) -> None:
+    failed = cli.run(TRAIN_ARGS + ["--out", "run", "--set", "train.lr=1e30",
+                                   "--set", "train.checkpoint_every=0"], tmp_path)
+    assert failed.returncode == 2, failed.stderr
+    assert "--resume" not in failed.stderr  # there is nothing to resume
+    assert "start the run again" in failed.stderr
+    assert not (tmp_path / "run").exists()
+    # A run killed before its first checkpoint leaves config.json but nothing to resume.
+    (tmp_path / "run").mkdir()
+    for name in (ckpt.CONFIG, ckpt.VOCAB, ckpt.TRAIN_LOG):
+        (tmp_path / "run" / name).write_text("{}\n")
+    again = cli.run(TRAIN_ARGS + ["--out", "run", "--max-steps", "3"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert [r["step"] for r in ckpt.read_metrics(tmp_path / "run", ckpt.TRAIN_LOG)] == [3]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from typing import Any
 
@@ -9,8 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from rnnlab.config import CELLS, ModelConfig, TrainConfig
-from rnnlab.models.cells import State, make_rnn
+from rnnlab.config import CELLS, ModelConfig, RunConfig, TrainConfig, resolve_config
+from rnnlab.errors import RnnlabError
+from rnnlab.models import language_model
+from rnnlab.models.cells import State, make_rnn, run_stack
 from rnnlab.models.language_model import RNNLanguageModel
 from rnnlab.training import lm_task
 from rnnlab.training.lm_task import eval_window, evaluate_stream
@@ -149,6 +153,79 @@ def test_eval_mode_is_deterministic_and_train_mode_applies_dropout() -> None:
     torch.manual_seed(1)
     b = model(tokens)[0]
     assert not torch.equal(a, b)
+
+
+# --- dropout settings ----------------------------------------------------------------------
+
+
+def _stack_io(monkeypatch, model: RNNLanguageModel, tokens: torch.Tensor) -> dict[str, Any]:
+    """One train-mode pass, recording the recurrent stack's input and output (B, T, ...)."""
+    seen: dict[str, Any] = {}
+
+    def recording(rnn, x, state):
+        seen["input"] = x.detach().clone()
+        out, state = run_stack(rnn, x, state)
+        seen["output"] = out.detach().clone()
+        return out, state
+
+    monkeypatch.setattr(language_model, "run_stack", recording)
+    seen["features"] = model.train().features(tokens)[0].detach()
+    with torch.no_grad():
+        seen["encoded"] = model.encode(tokens)
+        seen["undropped"] = run_stack(model.rnn.eval(), seen["input"], None)[0]
+    return seen
+
+
+@pytest.mark.parametrize("where", ["input", "between", "output"])
+def test_each_dropout_setting_acts_only_in_its_own_place(monkeypatch, where: str) -> None:
+    rates = {"input_dropout": 0.0, "dropout": 0.0, "output_dropout": 0.0}
+    rates[{"input": "input_dropout", "between": "dropout", "output": "output_dropout"}[where]] = 0.3
+    model = _model(hidden_size=64, **rates)
+    assert model.config.dropout_rates() == (rates["input_dropout"], rates["dropout"],
+                                            rates["output_dropout"])
+    seen = _stack_io(monkeypatch, model, _tokens((B, 2 * T)))
+    changed = {
+        "input": not torch.equal(seen["input"], seen["encoded"]),
+        "between": not torch.allclose(seen["output"], seen["undropped"], rtol=0, atol=1e-5),
+        "output": not torch.equal(seen["features"], seen["output"]),
+    }
+    assert changed == {name: name == where for name in changed}
+
+
+def test_input_and_output_dropout_default_to_the_single_dropout() -> None:
+    model = _model(dropout=0.35)
+    assert model.config.input_dropout is None and model.config.output_dropout is None
+    assert (model.input_dropout.p, model.rnn.dropout, model.output_dropout.p) == (0.35,) * 3
+
+
+def test_a_config_written_before_the_separate_rates_builds_the_same_model() -> None:
+    # A run directory's config.json from before input_dropout and output_dropout existed.
+    written = RunConfig(model=ModelConfig(embedding_dim=12, hidden_size=12, dropout=0.35,
+                                          tie_weights=False)).to_dict()
+    del written["model"]["input_dropout"], written["model"]["output_dropout"]
+    old = RunConfig.from_dict(written).validate().model
+    assert old.dropout_rates() == (0.35, 0.35, 0.35)
+    explicit = dataclasses.replace(old, input_dropout=0.35, output_dropout=0.35)
+    tokens = _tokens((B, T))
+    logits = []
+    for config in (old, explicit):
+        torch.manual_seed(0)
+        model = RNNLanguageModel(config, V).train()
+        assert (model.input_dropout.p, model.rnn.dropout, model.output_dropout.p) == (0.35,) * 3
+        logits.append(model(tokens)[0])  # the same parameters and the same masks
+    assert torch.equal(*logits)
+    # Written again, the unset rates stay unset (null), so they keep following dropout.
+    again = RunConfig.from_dict(json.loads(json.dumps(RunConfig(model=old).to_dict())))
+    assert again.model.input_dropout is None and again.model.output_dropout is None
+
+
+@pytest.mark.parametrize("key", ["model.input_dropout", "model.output_dropout"])
+@pytest.mark.parametrize("value", ["1.0", "-0.1", "nan", "inf"])
+def test_input_and_output_dropout_must_be_fractions(key: str, value: str) -> None:
+    with pytest.raises(RnnlabError, match=rf"{key.replace('.', '[.]')} must be"):
+        resolve_config(preset="synthetic", overrides={key: value})
+    assert resolve_config(preset="synthetic", overrides={key: "none"}).model.dropout_rates() \
+        == (0.1, 0.1, 0.1)
 
 
 # --- tied weights --------------------------------------------------------------------------

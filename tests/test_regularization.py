@@ -1,4 +1,4 @@
-"""Dropout between recurrent layers: the cheap mask's statistics, and the layer-by-layer stack."""
+"""Dropout: the cheap mask's statistics, the layer-by-layer stack, and each model's rates."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import copy
 import pytest
 import torch
 
-from rnnlab.config import CELLS
+from rnnlab.config import CELLS, ModelConfig
 from rnnlab.models import cells
 from rnnlab.models.cells import make_rnn, run_stack
+from rnnlab.models.classifier import RNNClassifier
 from rnnlab.models.regularization import dropout
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -112,3 +113,15 @@ def test_layer_by_layer_stack_drops_in_training_only() -> None:
         assert torch.equal(a, run_stack(rnn, x, None)[0])  # the seed decides the masks
         rnn.dropout = 0.0
         assert not torch.equal(a, rnn(x)[0])  # and there were masks
+
+
+@pytest.mark.parametrize(("input_dropout", "output_dropout", "expected"),
+                         [(0.1, 0.3, (0.1, 0.2, 0.3)), (None, None, (0.2, 0.2, 0.2))])
+def test_classifier_takes_its_three_dropout_rates_from_the_config(
+    input_dropout: float | None, output_dropout: float | None, expected: tuple[float, ...]
+) -> None:
+    config = ModelConfig(embedding_dim=8, hidden_size=8, num_layers=2, dropout=0.2,
+                         input_dropout=input_dropout, output_dropout=output_dropout,
+                         tie_weights=False)
+    model = RNNClassifier(config, vocab_size=20, num_classes=2)
+    assert (model.input_dropout.p, model.rnn.dropout, model.output_dropout.p) == expected

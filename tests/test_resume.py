@@ -248,6 +248,44 @@ def test_variable_bptt_epochs_end_when_their_windows_run_out(tmp_path: Path) -> 
     assert ends == [sum(windows[: i + 1]) for i in range(4)]
 
 
+def _damage_vocab_lost_a_token(run: Path) -> str:
+    raw = json.loads((run / ckpt.VOCAB).read_text(encoding="utf-8"))
+    del raw["tokens"][5]
+    (run / ckpt.VOCAB).write_text(json.dumps(raw), encoding="utf-8")
+    return (r"run/vocab.json holds \d+ tokens but embedding.weight in last-00000004.safetensors "
+            r"has \d+ rows")
+
+
+def _damage_vocab_swapped_two_tokens(run: Path) -> str:
+    raw = json.loads((run / ckpt.VOCAB).read_text(encoding="utf-8"))
+    raw["tokens"][5], raw["tokens"][6] = raw["tokens"][6], raw["tokens"][5]
+    (run / ckpt.VOCAB).write_text(json.dumps(raw), encoding="utf-8")
+    return r"the vocabulary of the training data .* differs from .*vocab.json.*; id 5 is"
+
+
+def _damage_config_other_hidden_size(run: Path) -> str:
+    raw = json.loads((run / ckpt.CONFIG).read_text(encoding="utf-8"))
+    raw["model"]["hidden_size"] = 8
+    (run / ckpt.CONFIG).write_text(json.dumps(raw), encoding="utf-8")
+    return r"config.json gives rnn\.\w+ the shape \(\d+,( \d+)?\) but .* holds \(\d+"
+
+
+@pytest.mark.parametrize("damage", [_damage_vocab_lost_a_token, _damage_vocab_swapped_two_tokens,
+                                    _damage_config_other_hidden_size],
+                         ids=["vocab-lost-a-token", "vocab-swapped", "config-hidden-size"])
+def test_resume_refuses_vocabulary_or_config_that_do_not_fit_the_weights_and_writes_nothing(
+        tmp_path: Path, damage: Any) -> None:
+    overrides = {**LM_BASE, "train.max_steps": 4, "train.eval_every": 2}
+    run = rnnlab.train(rnnlab.resolve_config(preset="synthetic", overrides=overrides),
+                       tmp_path / "run").run_dir
+    expected = damage(run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(rnnlab.RnnlabError, match=expected) as caught:
+        rnnlab.resume(run, {"train.max_steps": 8})
+    assert "\n" not in str(caught.value)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
 # --- portability: a checkpoint written on a GPU resumes on a CPU --------------------------------
 
 

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from rnnlab.data.text import char_tokens, read_text, split_text, tokenize, word_tokens
+from rnnlab.config import DataConfig
+from rnnlab.data.lm_data import load_lm_data
+from rnnlab.data.text import (
+    char_tokens,
+    read_text,
+    split_text,
+    split_tokens,
+    tokenize,
+    word_tokens,
+)
 from rnnlab.data.vocab import EOS
 from rnnlab.errors import RnnlabError
 
@@ -108,3 +117,44 @@ def test_split_keeps_crlf_lines_intact() -> None:
     text = "a\r\nb\r\nc\r\nd\r\n"
     pieces = split_text(text, [0.5, 0.25, 0.25], "word")
     assert pieces == ["a\r\nb\r\n", "c\r\n", "d\r\n"]
+
+
+def test_word_split_of_one_long_line_cuts_between_tokens(tmp_path: Path) -> None:
+    words = [f"w{i % 37}" for i in range(1000)]
+    path = tmp_path / "one-line.txt"
+    path.write_text(" ".join(words), encoding="utf-8")  # no newline anywhere
+    config = DataConfig(corpus=None, text=str(path), split=[0.8, 0.1, 0.1])
+    data = load_lm_data(config)
+    pieces = [data.vocab.decode(data.splits[name].tolist()) for name in ("train", "valid", "test")]
+    # 1000 words and the line's <eos>: contiguous runs at the 80% and 90% cuts.
+    assert [len(p) for p in pieces] == [801, 100, 100]
+    assert pieces[0] + pieces[1] + pieces[2] == [*words, EOS]
+    text = " ".join(words)
+    assert "".join(split_text(text, [0.8, 0.1, 0.1], "word")) == text
+    assert [len(p.split()) for p in split_text(text, [0.8, 0.1, 0.1], "word")] == [801, 100, 99]
+
+
+def test_word_split_keeps_lines_whole_when_a_line_end_is_near_the_cut() -> None:
+    lines = [" ".join(["word"] * (1 + i % 7)) + "\n" for i in range(400)]
+    text = "".join(lines)
+    tokens = word_tokens(text)
+    train, valid = split_text(text, [0.9, 0.1], "word")
+    assert train + valid == text and train.endswith("\n")
+    assert abs(len(word_tokens(train)) - 0.9 * len(tokens)) <= 0.01 * len(tokens)
+    pieces = split_tokens(tokens, [0.9, 0.1])
+    assert pieces == [word_tokens(train), word_tokens(valid)]
+
+
+@pytest.mark.parametrize("ending", [b"\r\n", b"\r"])
+def test_line_endings_are_read_as_newlines(tmp_path: Path, ending: bytes) -> None:
+    lines = [b"the cat sat", b"on the mat", b"", b"and slept", b"all day long"] * 6
+    unix, other = tmp_path / "unix.txt", tmp_path / "other.txt"
+    unix.write_bytes(b"\n".join(lines) + b"\n")
+    other.write_bytes(ending.join(lines) + ending)
+    assert read_text(other) == read_text(unix)
+    for level in ("char", "word"):
+        a, b = (load_lm_data(DataConfig(corpus=None, text=str(p), level=level,
+                                        split=[0.8, 0.2])) for p in (unix, other))
+        assert "\r" not in b.vocab and b.vocab.itos == a.vocab.itos
+        assert {k: v.tolist() for k, v in b.splits.items()} == {
+            k: v.tolist() for k, v in a.splits.items()}

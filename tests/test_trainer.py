@@ -117,6 +117,28 @@ def test_max_steps_stops_at_that_step_and_evaluates_at_the_end(tmp_path: Path) -
     assert [p.name for p in (tmp_path / "run").glob("last-*")] == ["last-00000010.safetensors"]
 
 
+def test_without_a_terminal_a_progress_line_is_printed_every_log_every_steps(
+        tmp_path: Path) -> None:
+    import io
+    import re
+
+    from rnnlab.training.callbacks import PrintEvaluations
+
+    out = io.StringIO()
+    trainer = _scripted_trainer(tmp_path, ScriptedTask([1.0], steps_per_epoch=40),
+                                [PrintEvaluations(out)], max_steps=30, eval_every=20,
+                                log_every=10)
+    trainer.fit()
+    lines = out.getvalue().splitlines()
+    progress = [line for line in lines if "%" in line]
+    assert [line.split(" | ")[0] for line in progress] == ["step 10", "step 20", "step 30"]
+    pattern = (r"step \d+ \| \d+\.\d% \| train loss \d+\.\d{4} \| [\d,]+ items/s \| "
+               r"elapsed \d+:\d\d")
+    assert all(re.fullmatch(pattern, line) for line in progress), progress
+    assert progress[0].split(" | ")[1] == "33.3%"  # 10 of max_steps=30
+    assert len(lines) == len(progress) + 2  # and the evaluations at steps 20 and 30
+
+
 def test_epoch_budget_evaluates_once_per_epoch(tmp_path: Path) -> None:
     trainer = _scripted_trainer(tmp_path, ScriptedTask([3.0, 2.0, 1.0], steps_per_epoch=6),
                                 epochs=3)
@@ -400,12 +422,24 @@ print(mapped, libc.mallinfo2().arena - before.arena)
 """
 
 
+def _untuned_malloc_env() -> dict[str, str]:
+    """This process's environment without what tunes glibc's malloc (``MALLOC_*`` variables,
+    ``glibc.malloc.*`` tunables) or replaces it (``LD_PRELOAD``): the test needs its defaults."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("MALLOC_") and key != "LD_PRELOAD"}
+    tunables = [item for item in env.pop("GLIBC_TUNABLES", "").split(":")
+                if item and not item.startswith("glibc.malloc.")]
+    if tunables:
+        env["GLIBC_TUNABLES"] = ":".join(tunables)
+    return env
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
                     reason="mallopt is glibc's")
 @pytest.mark.parametrize("mode", ["default", "keep"])
 def test_freed_memory_stays_in_the_heap_for_the_next_step(mode: str) -> None:
     done = subprocess.run([sys.executable, "-c", _HEAP_SCRIPT, mode], capture_output=True,
-                          text=True, check=True)
+                          text=True, check=True, env=_untuned_malloc_env())
     mapped, heap_growth = map(int, done.stdout.split())  # bytes, over the buffer's life
     if mode == "default":  # glibc maps a block this large and unmaps it when freed...
         assert mapped >= 20 << 20 and heap_growth < 4 << 20

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,16 +52,39 @@ class LanguageModel:
         ckpt.load_weights(model, _weights_path(run_dir, weights))
         return cls(model.to(resolve_device(device)), vocab, config, run_dir)
 
-    def save(self, out_dir: str | Path) -> Path:
-        """Write a loadable run directory (config, vocabulary, weights) to ``out_dir``."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.save_config(self.config, out_dir)
-        self.vocab.save(out_dir / ckpt.VOCAB)
-        ckpt.save_weights(self.model, out_dir / ckpt.BEST)
+    def save(self, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+        """Write a loadable run directory (config, vocabulary, weights) to ``out_dir``.
+
+        An existing non-empty ``out_dir`` is refused unless ``overwrite``; then it is replaced
+        whole, so that no file of the previous run (its checkpoints, logs) stays beside the new
+        one. The run is written to a temporary sibling first and swapped in by renames, so a
+        crash leaves the old run or the new one, never a mix of the two.
+        """
+        given = Path(out_dir)
+        out_dir = given.absolute()  # a name and a parent to stage beside, even for "."
+        if out_dir.exists() and not out_dir.is_dir():
+            raise RnnlabError(f"{given} exists and is not a directory")
+        if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+            raise RnnlabError(f"{given} already exists and is not empty; choose another "
+                              f"directory or pass overwrite=True to replace it whole")
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".new",
+                                        dir=out_dir.parent))
+        try:
+            os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 is too private for a run
+            self._write_run(staging)
+            _swap_in(staging, out_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return given
+
+    def _write_run(self, folder: Path) -> None:
+        ckpt.save_config(self.config, folder)
+        self.vocab.save(folder / ckpt.VOCAB)
+        ckpt.save_weights(self.model, folder / ckpt.BEST)
         if self.run_dir is not None and (self.run_dir / ckpt.METRICS).exists():
-            shutil.copyfile(self.run_dir / ckpt.METRICS, out_dir / ckpt.METRICS)
-        return out_dir
+            shutil.copyfile(self.run_dir / ckpt.METRICS, folder / ckpt.METRICS)
 
     # --- sampling ----------------------------------------------------------------------------
 
@@ -106,16 +131,24 @@ class LanguageModel:
 
     # --- measuring ---------------------------------------------------------------------------
 
-    def evaluate_text(self, text: str, batch_size: int | None = None) -> dict[str, Any]:
-        """NLL, perplexity and bits per token of ``text``; unknown tokens are counted."""
+    def evaluate_text(self, text: str, batch_size: int | None = 1) -> dict[str, Any]:
+        """NLL, perplexity and bits per token of ``text``; unknown tokens are counted.
+
+        The text is read as one stream (``batch_size`` 1 or None): every token is predicted from
+        all the text before it, whatever the run's ``eval_batch_size``. A larger ``batch_size``
+        reads that many contiguous rows in parallel, faster on a long text, but each row starts
+        from an empty state, so the tokens at the start of every row lose their context.
+        """
         tokens = tokenize(text, self.vocab.level)
         if len(tokens) < 2:
             raise RnnlabError("the text needs at least two tokens to be scored")
         ids, unknown = encode(self.vocab, tokens)
-        return self.evaluate_ids(ids, batch_size) | {"unknown": unknown}
+        return self.evaluate_ids(ids, 1 if batch_size is None else batch_size) | {
+            "unknown": unknown}
 
-    def perplexity(self, text: str) -> float:
-        return self.evaluate_text(text)["ppl"]
+    def perplexity(self, text: str, batch_size: int | None = 1) -> float:
+        """Perplexity of ``text`` read as one stream (see ``evaluate_text``)."""
+        return self.evaluate_text(text, batch_size)["ppl"]
 
     def evaluate(self, split: str = "test", batch_size: int | None = None,
                  data_dir: str | None = None) -> dict[str, Any]:
@@ -130,12 +163,40 @@ class LanguageModel:
         return self.evaluate_ids(data.splits[split], batch_size)
 
     def evaluate_ids(self, ids: torch.Tensor, batch_size: int | None = None) -> dict[str, Any]:
-        """Metrics over every target of an id stream (see ``evaluate_stream``)."""
+        """Metrics over every target of an id stream (see ``evaluate_stream``).
+
+        ``batch_size`` (default: the run's ``data.eval_batch_size``) contiguous rows of the
+        stream are read in parallel, each starting from an empty state.
+        """
+        if batch_size is not None and batch_size < 1:
+            raise RnnlabError(f"the batch size must be at least 1, got {batch_size}")
         batch_size = batch_size or self.config.data.eval_batch_size
         batch_size = max(1, min(batch_size, ids.numel() - 1))
         device = next(self.model.parameters()).device
         total, count = evaluate_stream(self.model, ids, batch_size, self.config.data.bptt, device)
         return lm_metrics(total, count) | {"batch_size": batch_size}
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Rename ``staging`` to ``out_dir``; an existing ``out_dir`` is renamed aside, then removed."""
+    if not out_dir.exists():
+        os.rename(staging, out_dir)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+    aside.rmdir()  # only its unique name is wanted: the old run is renamed to it
+    os.rename(out_dir, aside)
+    try:
+        os.rename(staging, out_dir)
+    except BaseException:
+        os.rename(aside, out_dir)  # put the old run back rather than leave no run at all
+        raise
+    shutil.rmtree(aside)
 
 
 def _weights_path(run_dir: Path, which: str) -> Path:
@@ -182,7 +243,11 @@ class TextClassifier:
         return cls(model.to(resolve_device(device)), vocab, labels, config, run_dir)
 
     def predict(self, texts: list[str], batch_size: int = 64) -> list[dict[str, Any]]:
-        """``[{"label": name, "probs": {name: p}}]`` for each text, in order (batched)."""
+        """``[{"label": name, "probs": {name: p}}]`` for each text, in order (batched).
+
+        A text without a token (nothing but HTML line breaks) gets
+        ``{"label": None, "probs": None, "error": "the text has no tokens"}``.
+        """
         from rnnlab.training.classify_task import predict_texts
 
         return predict_texts(self.model, self.vocab, self.label_names, texts,

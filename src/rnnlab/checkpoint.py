@@ -24,7 +24,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
+# The writer lives in rnnlab.atomic, shared with the data files; re-exported for callers here.
+from rnnlab.atomic import atomic_open, atomic_write_bytes, atomic_write_text  # noqa: F401
 from rnnlab.config import RunConfig
 from rnnlab.errors import RnnlabError
 
@@ -44,49 +45,6 @@ TRAINER = "trainer.pt"
 METRICS = "metrics.jsonl"
 TRAIN_LOG = "train_log.jsonl"
 RUN_INFO = "run.json"
-
-
-def _file_mode() -> int:
-    """The mode a plain ``open`` would give a new file (mkstemp's 0600 is too private)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` so that ``path`` holds either its old content or all of the new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, _file_mode())
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _fsync_dir(folder: Path) -> None:
-    # The rename itself is durable only once the directory entry is flushed.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --- weights -------------------------------------------------------------------------------
@@ -134,7 +92,11 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load safetensors weights into ``model``; clear errors for missing, corrupt or mismatched."""
     path = Path(path)
-    tensors = read_weights(path)
+    load_tensors(model, read_weights(path), path)
+
+
+def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Load tensors read from ``path`` into ``model``, with :func:`load_weights`' checks."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in tensors and not _is_tied(model, k)]
     unexpected = [k for k in tensors if k not in expected]

@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget = train.add_argument_group("budget and run")
     budget.add_argument("--epochs", type=int)
     budget.add_argument("--max-steps", type=int)
-    budget.add_argument("--max-minutes", type=float)
+    budget.add_argument("--max-minutes", type=float,
+                        help="training-time budget in minutes; with --resume, the run's budget in "
+                             "total (minutes already trained count), not extra time")
     budget.add_argument("--seed", type=int)
     budget.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     budget.add_argument("--threads", type=int)
@@ -106,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run")
     evaluate.add_argument("--split", default="test", choices=["train", "valid", "test"])
     evaluate.add_argument("--text", metavar="FILE", help="score this file instead of a split")
-    evaluate.add_argument("--batch-size", type=int)
+    evaluate.add_argument("--batch-size", type=int,
+                          help="rows of the stream read in parallel, each from an empty state "
+                               "(a split: default data.eval_batch_size; --text: default 1, the "
+                               "whole file as one stream)")
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--weights", default="best", choices=["best", "last"])
     evaluate.add_argument("--device", default="cpu")
@@ -162,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     runs.set_defaults(func=cmd_runs)
 
     presets = sub.add_parser("presets", help="list the named recipes")
-    presets.add_argument("name", nargs="?", help="show one preset in full")
+    presets.add_argument("name", nargs="?", help="print one preset as a TOML config file")
+    presets.add_argument("--keys", action="store_true",
+                         help="list every config key with its type and default")
     presets.set_defaults(func=cmd_presets)
     return parser
 
@@ -209,13 +216,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         callbacks.append(TensorBoardLogger())  # fails here, before any work, without tensorboard
     try:
         if args.resume:
-            allowed = {k: v for k, v in overrides.items() if k.startswith("train.")}
-            if args.init_from:
-                raise RnnlabError("--init-from starts a new run; a resumed run continues from "
-                                  "its own checkpoint")
-            if set(overrides) - set(allowed) or args.preset or args.config:
-                raise RnnlabError("--resume continues a run as configured; only budget and "
-                                  "train.* options may change")
+            allowed = resume_overrides(args, overrides)
+            if args.max_minutes:
+                callbacks.insert(0, budget_note(args.max_minutes))
             result = runner.resume(args.resume, allowed, callbacks=callbacks)
         else:
             config = resolve_config(preset=args.preset, config_file=args.config,
@@ -232,9 +235,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, the last checkpoint stands
         run = args.resume or args.out
         if main:
-            hint = (f"; resume from the last checkpoint with: rnnlab train --resume {run}"
-                    if run and (Path(run) / "trainer.pt").exists() else "")
-            print(f"rnnlab: interrupted{hint}", file=sys.stderr)
+            from rnnlab import checkpoint as ckpt
+
+            state = None
+            if run and (Path(run) / ckpt.TRAINER).exists():
+                try:
+                    state = ckpt.load_trainer_state(Path(run) / ckpt.TRAINER)
+                except RnnlabError:  # unreadable: claim no step
+                    state = None
+            hint = ("" if not run else "; nothing was saved" if state is None else
+                    f"; the last checkpoint (step {state.get('step')}) stands and nothing newer "
+                    f"was saved; resume from it with: rnnlab train --resume {run}")
+            print(f"rnnlab: interrupted at once{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if not main:
         return 0
@@ -246,6 +258,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     if ckpt.load_config(result.run_dir).task == "lm":
         report_language_model(result.run_dir, args.samples)
     return 0
+
+
+def resume_overrides(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides a resumed run accepts: its budget and other ``train.*`` options, but
+    nothing that decides its data (the seed draws a classifier's train/valid split and the order
+    of batches and windows), so that a resume trains on what the run trained on."""
+    from rnnlab.config import canonical_key
+
+    if args.out:
+        raise RnnlabError(f"--out cannot be used with --resume; the run continues in "
+                          f"{args.resume}")
+    values = {canonical_key(k): v for k, v in overrides.items()}
+    if "train.init_from" in values:
+        raise RnnlabError("--init-from starts a new run; a resumed run continues from "
+                          "its own checkpoint")
+    if "train.seed" in values:
+        raise RnnlabError("--seed cannot be used with --resume: the seed decides the data split "
+                          "and the order of batches and windows, which a resumed run keeps")
+    if any(not k.startswith("train.") for k in values) or args.preset or args.config:
+        raise RnnlabError("--resume continues a run as configured; only budget and "
+                          "train.* options may change")
+    return values
+
+
+def budget_note(minutes: float) -> Any:
+    """A callback that says, once a resumed run has loaded its checkpoint, how much of the
+    ``--max-minutes`` budget is left: it counts the run's whole training time, not extra time."""
+    from rnnlab.training.trainer import Callback
+
+    class BudgetNote(Callback):
+        def on_train_start(self, trainer: Any) -> None:
+            used = trainer.elapsed / 60
+            print(f"budget: {minutes:g} minutes in total, {used:.1f} already used, "
+                  f"{max(minutes - used, 0):.1f} left", flush=True)
+
+    return BudgetNote()
 
 
 def report_language_model(run_dir: Path, samples: int) -> None:
@@ -274,7 +322,7 @@ def report_language_model(run_dir: Path, samples: int) -> None:
         prime = "" if lm.vocab.level == "word" else ("\n" if "\n" in lm.vocab else lm.vocab.itos[1])
         for i, text in enumerate(lm.generate(prime, 30 if lm.vocab.level == "word" else 200,
                                              num_samples=samples, temperature=0.8, seed=1,
-                                             skip=["<unk>"])):
+                                             skip=[lm.vocab.unk] if lm.vocab.unk else [])):
             print(f"sample {i + 1}: {text.strip()}")
 
 
@@ -291,9 +339,16 @@ def use_threads(requested: int | None, config: RunConfig) -> None:
     set_threads(config.train.threads if requested is None else requested)
 
 
+def check_batch_size(batch_size: int | None) -> None:
+    """``--batch-size``: absent (the run's own) or positive; 0 and below are mistakes."""
+    if batch_size is not None and batch_size <= 0:
+        raise RnnlabError(f"--batch-size must be positive, got {batch_size}")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from rnnlab import checkpoint as ckpt
 
+    check_batch_size(args.batch_size)
     config = ckpt.load_config(args.run)
     use_threads(args.threads, config)
     if config.task == "classify":
@@ -359,6 +414,7 @@ def evaluate_classifier(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from rnnlab.api import TextClassifier
 
+    check_batch_size(args.batch_size)
     texts = list(args.texts)
     if args.file:
         texts += read_predict_file(args.file)
@@ -367,9 +423,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     clf = TextClassifier.load(args.run, device=args.device)
     use_threads(args.threads, clf.config)
     for text, result in zip(texts, clf.predict(texts, args.batch_size), strict=True):
-        probs = {name: round(float(p), 6) for name, p in result["probs"].items()}
-        print(json.dumps({"text": text, "label": result["label"], "probs": probs},
-                         ensure_ascii=False))
+        line = {"text": text, **result}  # a text without tokens keeps its "error" field
+        if result["probs"] is not None:
+            line["probs"] = {name: round(float(p), 6) for name, p in result["probs"].items()}
+        print(json.dumps(line, ensure_ascii=False))
     return 0
 
 
@@ -393,6 +450,8 @@ def read_predict_file(path: str) -> list[str]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    import itertools
+
     from rnnlab.api import LanguageModel
 
     lm = LanguageModel.load(args.run, device=args.device)
@@ -401,8 +460,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
                    skip=[t for t in args.skip.split(",") if t], stop_at_eos=args.stop_at_eos,
                    seed=args.seed, skip_unknown=args.skip_unknown)
     if args.num_samples == 1:  # stream to the terminal as it is generated
+        pieces = lm.stream(args.prime, args.tokens, **options)
+        # The first piece checks the options and the prime: a bad one fails before anything is
+        # printed, so that a script capturing stdout never takes the prime for a sample.
+        first = next(pieces, "")
         sys.stdout.write(args.prime + (" " if args.prime and lm.vocab.level == "word" else ""))
-        for piece in lm.stream(args.prime, args.tokens, **options):
+        for piece in itertools.chain([first], pieces):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
@@ -442,7 +505,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from rnnlab.data.corpora import CORPORA, corpus_files, data_dir, get_corpus
+    from rnnlab.data.corpora import CORPORA, corpus_files, corpus_folder, data_dir, get_corpus
 
     if args.action == "list":
         root = data_dir(args.data_dir)
@@ -454,9 +517,10 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     if not args.name:
         raise RnnlabError(f"`rnnlab data {args.action}` needs a corpus name")
-    corpus = get_corpus(args.name)
+    get_corpus(args.name)
     if args.action == "path":
-        print(data_dir(args.data_dir) / corpus.name if corpus.files else "(built-in, no files)")
+        folder = corpus_folder(args.name, args.data_dir)
+        print(folder if folder is not None else "(built-in, no files)")
         return 0
     for split, path in corpus_files(args.name, args.data_dir, verify=True).items():
         print(f"{split}: {path} (sha256 verified)")
@@ -464,15 +528,44 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from rnnlab.config import preset_names, read_preset
+    from rnnlab.config import preset_names, preset_text, read_preset
 
+    if args.keys:
+        print_config_keys()
+        return 0
     if args.name:
-        print(json.dumps(read_preset(args.name), indent=2))
+        # The TOML file as written (comments kept), under a `preset` line: saved as a config
+        # file, it resolves to this very recipe, which the default preset alone would not.
+        print(f"# rnnlab preset {args.name}: save as FILE.toml, edit, then "
+              f"`rnnlab train --config FILE.toml`\npreset = {json.dumps(args.name)}\n")
+        print(preset_text(args.name), end="")
         return 0
     for name in preset_names():
         raw = read_preset(name)
         print(f"{name:14} {raw.get('task', 'lm'):9} {raw.get('description', '')}")
     return 0
+
+
+
+def print_config_keys() -> None:
+    """Every key that ``--set``, config files and presets accept, with its type and default."""
+    import dataclasses
+    import typing
+
+    from rnnlab.config import SECTIONS, RunConfig
+
+    defaults = RunConfig()
+    rows = [("task", "str", defaults.task), ("preset", "str | None", None)]
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            kind = str(hint) if typing.get_args(hint) else hint.__name__  # list[int], str
+            rows.append((f"{section}.{f.name}", kind,
+                         getattr(getattr(defaults, section), f.name)))
+    for key, kind, value in rows:
+        shown = "none" if value is None else json.dumps(value)
+        print(f"{key:26} {kind:14} {shown}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ into every run directory as ``config.json`` with a format version.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -34,13 +35,32 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 @dataclass
 class ModelConfig:
-    """The network: a recurrent stack between an input layer and an output layer."""
+    """The network: a recurrent stack between an input layer and an output layer.
+
+    Dropout acts only on the non-recurrent connections (Zaremba et al., 2014), in up to four
+    places, each a probability in [0, 1):
+
+    * ``embedding_dropout``: whole rows of the embedding table, i.e. every occurrence of a
+      dropped word type in the batch (Gal & Ghahramani, 2016).
+    * ``input_dropout``: the inputs of the recurrent stack (embeddings or one-hot vectors);
+      ``None`` means "same as ``dropout``". The language model uses one mask per sequence,
+      shared by every step ("locked"; Gal & Ghahramani, 2016; Merity et al., 2017), so on
+      one-hot input it removes whole characters for a whole window: ``char-rnn`` sets 0.
+    * ``dropout``: between recurrent layers (element-wise, per step).
+    * ``output_dropout``: on the last layer's outputs before the decoder (locked), or on the
+      classifier's pooled features before its head; ``None`` means "same as ``dropout``".
+
+    ``None`` keeps a config written before the input and output rates were separate meaning
+    what it meant then: one ``dropout`` in all three places.
+    """
 
     cell: str = "lstm"
     embedding_dim: int = 200
     hidden_size: int = 200
     num_layers: int = 2
-    dropout: float = 0.2  # on the embeddings, between layers and before the decoder
+    dropout: float = 0.2  # between layers; also the input and output rates when those are None
+    input_dropout: float | None = None  # on the recurrent stack's inputs; None: as dropout
+    output_dropout: float | None = None  # before the decoder or head; None: as dropout
     embedding_dropout: float = 0.0  # drops whole word types (Gal & Ghahramani, 2016)
     tie_weights: bool = True  # share input and output embeddings (Press & Wolf, 2017)
     input: str = "embedding"  # "onehot" is the classic char-rnn input
@@ -65,6 +85,15 @@ class ModelConfig:
         _positive("model.num_layers", self.num_layers)
         _fraction("model.dropout", self.dropout)
         _fraction("model.embedding_dropout", self.embedding_dropout)
+        for name in ("input_dropout", "output_dropout"):
+            if getattr(self, name) is not None:
+                _fraction(f"model.{name}", getattr(self, name))
+
+    def dropout_rates(self) -> tuple[float, float, float]:
+        """The (input, between layers, output) dropout rates, ``None`` resolved to ``dropout``."""
+        first, last = (self.dropout if p is None else p
+                       for p in (self.input_dropout, self.output_dropout))
+        return first, self.dropout, last
 
 
 @dataclass
@@ -176,6 +205,8 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         _choice("task", self.task, TASKS)
+        for section in SECTIONS:
+            _finite_numbers(section, getattr(self, section))
         self.model.validate()
         self.data.validate()
         self.train.validate()
@@ -247,6 +278,12 @@ def _resolve_key(key: str, source: str) -> tuple[str | None, str]:
     raise RnnlabError(f"{source}: unknown config key '{key}' (see `rnnlab presets --keys`)")
 
 
+def canonical_key(key: str, source: str = "--set") -> str:
+    """``section.name`` for a key written either that way or as a bare field name."""
+    section, name = _resolve_key(key, source)
+    return name if section is None else f"{section}.{name}"
+
+
 def _field_names(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
@@ -298,6 +335,16 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise RnnlabError(f"{name} must be one of {', '.join(allowed)}; got '{value}'")
 
 
+def _finite_numbers(section: str, values: Any) -> None:
+    """Reject NaN and infinities in every float field: comparisons with NaN are all false, so
+    range checks alone would let ``nan`` through to the optimiser."""
+    for f in dataclasses.fields(values):
+        value = getattr(values, f.name)
+        numbers = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            raise RnnlabError(f"{section}.{f.name} must be a finite number, got {value}")
+
+
 def _positive(name: str, value: float) -> None:
     if value <= 0:
         raise RnnlabError(f"{name} must be positive, got {value}")
@@ -317,12 +364,16 @@ def preset_names() -> list[str]:
     return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
-def read_preset(name: str) -> dict[str, Any]:
-    """The raw TOML table of a built-in preset."""
+def preset_text(name: str) -> str:
+    """The TOML source of a built-in preset, comments included."""
     if name not in preset_names():
         raise RnnlabError(f"unknown preset '{name}'; known: {', '.join(preset_names())}")
-    text = (resources.files("rnnlab") / "presets" / f"{name}.toml").read_text(encoding="utf-8")
-    return tomllib.loads(text)
+    return (resources.files("rnnlab") / "presets" / f"{name}.toml").read_text(encoding="utf-8")
+
+
+def read_preset(name: str) -> dict[str, Any]:
+    """The raw TOML table of a built-in preset."""
+    return tomllib.loads(preset_text(name))
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -35,7 +35,7 @@ directory at the same path (a shared file system, or a copy).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -143,13 +143,54 @@ def main_first() -> Iterator[None]:
 
     For work that fills a cache, such as downloading a corpus: one process per machine does it
     and the others then find it done (per machine, because machines need not share a disk).
+    A failure in the block on any rank raises on every rank (an RnnlabError with its message),
+    where a plain barrier would leave the others waiting until the collective timeout.
     """
     first = local_rank() == 0
     if not first:
-        barrier()
-    yield
+        _share_failure(None)  # wait for the first processes; raises if one of them failed
+    try:
+        yield
+    except BaseException as exc:
+        _share_failure(str(exc) or type(exc).__name__, mine=True)
+        raise
+    _share_failure(None)
     if first:
-        barrier()
+        _share_failure(None)  # the other processes' outcome
+
+
+def _share_failure(message: str | None, mine: bool = False) -> None:
+    """Every rank's failure message (None: none), gathered; raise the first one of another rank."""
+    if not is_distributed():
+        return
+    reports: list[Any] = [None] * world_size()
+    dist.all_gather_object(reports, message)
+    failed = [report for report in reports if report is not None]
+    if failed and not mine:
+        raise RnnlabError(failed[0])
+
+
+def from_main(fn: Callable[[], Any]) -> Any:
+    """``fn()`` computed on rank 0 alone, its result on every rank.
+
+    For reads of files that only rank 0 is sure to see (ranks need not share a disk). If ``fn``
+    fails, rank 0 raises its error and every other rank an RnnlabError with its message.
+    """
+    if not is_distributed():
+        return fn()
+    outcome: Any = None
+    error: BaseException | None = None
+    if is_main():
+        try:
+            outcome = ("ok", fn())
+        except Exception as exc:  # noqa: BLE001 - reported to the others, then raised here
+            error, outcome = exc, ("error", str(exc) or type(exc).__name__)
+    outcome = broadcast_object(outcome)
+    if error is not None:
+        raise error
+    if outcome[0] == "error":
+        raise RnnlabError(outcome[1])
+    return outcome[1]
 
 
 # --- collectives -------------------------------------------------------------------------------

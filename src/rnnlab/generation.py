@@ -7,6 +7,7 @@ samples as one batch.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,8 +40,8 @@ class SampleConfig:
         if self.max_tokens <= 0:
             raise RnnlabError(
                 f"the number of tokens to generate must be positive, got {self.max_tokens}")
-        if self.temperature < 0:
-            raise RnnlabError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.temperature < math.inf:  # also false for NaN
+            raise RnnlabError(f"temperature must be >= 0 and finite, got {self.temperature}")
         if self.top_k < 0:
             raise RnnlabError(f"top-k must be >= 1 (or 0 for no limit), got {self.top_k}")
         if not 0 < self.top_p <= 1:

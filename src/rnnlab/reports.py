@@ -67,7 +67,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
     fig.suptitle(", ".join(name for name, *_ in runs))
     fig.tight_layout()
     out = Path(out)
-    fig.savefig(out, dpi=110)
+    _save_figure(fig, out)
     plt.close(fig)
     return out
 
@@ -98,9 +98,15 @@ def plot_confusion(report: dict[str, Any], out: str | Path) -> Path:
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     out = Path(out)
-    fig.savefig(out, dpi=110)
+    _save_figure(fig, out)
     plt.close(fig)
     return out
+
+
+def _save_figure(fig: Any, out: Path) -> None:
+    """Save through the project's atomic writer: a crash never leaves a torn image at ``out``."""
+    with ckpt.atomic_open(out, "wb") as handle:
+        fig.savefig(handle, dpi=110, format=out.suffix[1:].lower() or "png")
 
 
 def list_runs(folder: str | Path) -> list[dict[str, Any]]:

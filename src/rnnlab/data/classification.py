@@ -15,10 +15,8 @@ import csv
 import gzip
 import io
 import json
-import os
 import re
 import tarfile
-import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rnnlab.atomic import atomic_open
 from rnnlab.data.corpora import (
     CORPORA,
     Corpus,
@@ -362,17 +361,11 @@ def convert_aclimdb(archive: str | Path, out_dir: str | Path) -> dict[str, Path]
 def _write_jsonl_gz(path: Path, records: Iterator[dict]) -> None:
     """One JSON object per line, gzip level 9 with mtime 0 (reproducible bytes), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(
-            filename="", fileobj=raw, mode="wb", compresslevel=9, mtime=0
-        ) as out:
-            for record in records:
-                out.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_open(path, "wb") as raw, gzip.GzipFile(
+        filename="", fileobj=raw, mode="wb", compresslevel=9, mtime=0
+    ) as out:
+        for record in records:
+            out.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
 
 
 def load_corpus(name: str, root: str | Path | None = None) -> dict[str, Examples]:
@@ -429,10 +422,22 @@ def split_examples(
 
 @dataclass
 class Tokenized:
-    """Texts as truncated token lists, interned to provisional ids (one table for all sets)."""
+    """Texts as truncated token lists, interned to provisional ids (one table for all sets).
+
+    A text without a single token (e.g. nothing but ``<br />``) has nothing to pool over, so it
+    is left out of ``ids``; ``skipped`` holds the positions of such texts in the input.
+    """
 
     ids: list[np.ndarray]
     truncated: int  # how many texts were longer than max_length (cut, not rejected)
+    skipped: list[int] = field(default_factory=list)
+
+    def keep(self, items: Sequence) -> list:
+        """The entries of ``items`` (one per input text) whose texts are in ``ids``."""
+        if not self.skipped:
+            return list(items)
+        left_out = set(self.skipped)
+        return [item for i, item in enumerate(items) if i not in left_out]
 
 
 @dataclass
@@ -442,9 +447,12 @@ class Interner:
     index: dict[str, int] = field(default_factory=dict)
 
     def tokenize(self, texts: Sequence[str], max_length: int) -> Tokenized:
-        ids, truncated, index = [], 0, self.index
-        for text in texts:
+        ids, truncated, skipped, index = [], 0, [], self.index
+        for position, text in enumerate(texts):
             tokens = tokenize(text)
+            if not tokens:
+                skipped.append(position)
+                continue
             if len(tokens) > max_length:
                 truncated += 1
                 tokens = tokens[:max_length]
@@ -453,7 +461,7 @@ class Interner:
             for token in set(tokens).difference(index):
                 index[token] = len(index)
             ids.append(np.fromiter(map(index.__getitem__, tokens), np.int64, len(tokens)))
-        return Tokenized(ids, truncated)
+        return Tokenized(ids, truncated, skipped)
 
     def tokens(self) -> list[str]:
         return list(self.index)
@@ -500,6 +508,7 @@ class EncodedSet:
     lengths: torch.Tensor  # (N,)
     labels: torch.Tensor  # (N,) class ids
     truncated: int = 0
+    skipped: int = 0  # texts left out for having no token
 
     def __len__(self) -> int:
         return self.lengths.shape[0]
@@ -518,7 +527,10 @@ def encode(
     tokenized: Tokenized, labels: Sequence[str], interner: Interner, vocab: Vocab,
     names: Sequence[str],
 ) -> EncodedSet:
-    """Map provisional ids to vocabulary ids (unknown -> <unk>) and labels to class ids."""
+    """Map provisional ids to vocabulary ids (unknown -> <unk>) and labels to class ids.
+
+    ``labels`` has one entry per tokenized text, including those left out for having no token.
+    """
     lookup = np.array([vocab.id(t) for t in interner.tokens()], dtype=np.int64)
     lookup = lookup if lookup.size else np.zeros(1, dtype=np.int64)
     lengths = np.array([row.size for row in tokenized.ids], dtype=np.int64)
@@ -529,8 +541,10 @@ def encode(
         flat=torch.from_numpy(lookup[flat]),
         offsets=torch.from_numpy(offsets.astype(np.int64)),
         lengths=torch.from_numpy(lengths),
-        labels=torch.tensor([class_of[label] for label in labels], dtype=torch.int64),
+        labels=torch.tensor([class_of[label] for label in tokenized.keep(labels)],
+                            dtype=torch.int64),
         truncated=tokenized.truncated,
+        skipped=len(tokenized.skipped),
     )
 
 

@@ -99,6 +99,17 @@ def data_dir(explicit: str | Path | None = None) -> Path:
     return Path.home() / ".cache" / "rnnlab"
 
 
+def corpus_folder(name: str, root: str | Path | None = None) -> Path | None:
+    """The folder under the data directory that holds a corpus's files; ``None`` when it has
+    none. Taken from the file paths: a folder may differ from the corpus's name (WikiText-2 lives
+    in ``wikitext-2/``, and ``imdb-text`` reads IMDB's files)."""
+    corpus = get_corpus(name)
+    if not corpus.files:
+        return None
+    base = data_dir(root)
+    return Path(os.path.commonpath([base / Path(f.path).parent for f in corpus.files]))
+
+
 def corpus_files(
     name: str,
     root: str | Path | None = None,

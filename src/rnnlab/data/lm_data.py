@@ -10,7 +10,7 @@ import torch
 from rnnlab.config import DataConfig
 from rnnlab.data.corpora import corpus_files, data_dir, get_corpus
 from rnnlab.data.synthetic import SyntheticSplits, synthetic_splits
-from rnnlab.data.text import read_text, split_text, tokenize
+from rnnlab.data.text import read_text, split_tokens, tokenize
 from rnnlab.data.vocab import EOS, UNK, UNK_CHAR, Vocab
 from rnnlab.errors import RnnlabError
 
@@ -41,8 +41,7 @@ def load_lm_data(config: DataConfig, vocab: Vocab | None = None) -> LMData:
         synthetic = synthetic_splits(config.synthetic_tokens)
         tokens = {"train": synthetic.train, "valid": synthetic.valid, "test": synthetic.test}
     else:
-        texts = _split_texts(config)
-        tokens = {name: tokenize(text, config.level) for name, text in texts.items()}
+        tokens = _split_tokens(config)
     if not tokens.get("train"):
         raise RnnlabError("the training text has no tokens")
     if vocab is None:
@@ -67,8 +66,8 @@ def encode(vocab: Vocab, tokens: list[str]) -> tuple[torch.Tensor, int]:
     return ids, int((ids == unk).sum()) - sum(t == vocab.unk for t in tokens)
 
 
-def _split_texts(config: DataConfig) -> dict[str, str]:
-    """Raw text per split from a known corpus, --train/--valid/--test files, or one --text file."""
+def _split_tokens(config: DataConfig) -> dict[str, list[str]]:
+    """Tokens per split from a known corpus, --train/--valid/--test files, or one --text file."""
     if config.corpus:
         corpus = get_corpus(config.corpus)
         if corpus.read_text is not None:
@@ -79,25 +78,31 @@ def _split_texts(config: DataConfig) -> dict[str, str]:
         if set(paths) & set(SPLITS) == {"train"} or "raw" in paths:
             source = paths.get("raw", paths.get("train"))
             return _by_fraction(read_text(source), config)
-        return {name: read_text(path) for name, path in paths.items() if name in SPLITS}
+        return {name: tokenize(read_text(path), config.level)
+                for name, path in paths.items() if name in SPLITS}
     if config.text:
         return _by_fraction(read_text(config.text), config)
-    texts = {"train": read_text(config.train)}
     if not config.valid:  # carve valid (and test) from the training file
-        return _by_fraction(texts["train"], config)
-    texts["valid"] = read_text(config.valid)
+        return _by_fraction(read_text(config.train), config)
+    files = {"train": config.train, "valid": config.valid}
     if config.test:
-        texts["test"] = read_text(config.test)
-    return texts
+        files["test"] = config.test
+    return {name: tokenize(read_text(path), config.level) for name, path in files.items()}
 
 
-def _by_fraction(text: str, config: DataConfig) -> dict[str, str]:
-    pieces = split_text(text, config.split, config.level)
+def _by_fraction(text: str, config: DataConfig) -> dict[str, list[str]]:
+    """Contiguous runs of the text's tokens at the ``split`` fractions, whatever its lines."""
+    pieces = split_tokens(tokenize(text, config.level), config.split)
     named = dict(zip(SPLITS, pieces, strict=False))
     for name in ("train", "valid"):
-        if not named[name].strip():
+        if not _has_text(named[name]):
             raise RnnlabError(
                 f"the text is too short to split into train/valid by {config.split}: "
                 f"the {name} part is empty"
             )
-    return {name: piece for name, piece in named.items() if piece.strip()}
+    return {name: piece for name, piece in named.items() if _has_text(piece)}
+
+
+def _has_text(tokens: list[str]) -> bool:
+    # A piece of blanks or line ends only is no text to learn from or measure.
+    return any(t != EOS and not t.isspace() for t in tokens)

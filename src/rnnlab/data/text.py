@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from rnnlab.data.vocab import EOS
@@ -9,7 +10,8 @@ from rnnlab.errors import RnnlabError
 
 
 def read_text(path: str | Path) -> str:
-    """The whole file as UTF-8 text; a clear error when missing, binary, not UTF-8 or empty."""
+    """The whole file as UTF-8 text with ``\\n`` line endings; a clear error when missing,
+    binary, not UTF-8 or empty."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -26,6 +28,8 @@ def read_text(path: str | Path) -> str:
             f"{path} is not valid UTF-8 (byte {exc.start}); convert it, e.g. iconv -t utf-8"
         ) from None
     text = text.removeprefix("\ufeff")  # before the emptiness check: a BOM alone is no text
+    # Windows and old Mac line endings: one newline character at every level, never a "\r".
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.strip():
         raise RnnlabError(f"{path} is empty or only whitespace")
     return text
@@ -51,17 +55,85 @@ def tokenize(text: str, level: str) -> list[str]:
 
 
 def split_text(text: str, fractions: list[float], level: str) -> list[str]:
-    """Contiguous pieces of ``text`` (train, valid[, test]) by fractions of its length.
+    """Contiguous pieces of ``text`` (train, valid[, test]) cut at fractions of its tokens.
 
-    Word-level text is cut at line boundaries so no sentence is split between sets;
-    character text is cut at the exact character (the nanoGPT shakespeare_char split).
+    Character text is cut at the exact character (the nanoGPT shakespeare_char split). Word
+    text is cut between the tokens where ``split_tokens`` cuts its ``word_tokens``, whatever the
+    line structure (one long line is cut too); a cut inside a line leaves the spaces before
+    the next word with the earlier piece.
     """
     if level == "char":
         cuts = _cuts(len(text), fractions)
         return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
-    lines = text.splitlines(keepends=True)
-    cuts = _cuts(len(lines), fractions)
-    return ["".join(lines[a:b]) for a, b in zip([0, *cuts], [*cuts, len(lines)], strict=True)]
+    offsets = _token_ends(text, token_cuts(word_tokens(text), fractions))
+    return [text[a:b] for a, b in zip([0, *offsets], [*offsets, len(text)], strict=True)]
+
+
+def split_tokens(tokens: list[str], fractions: list[float]) -> list[list[str]]:
+    """Contiguous runs of ``tokens`` (train, valid[, test]) at the ``token_cuts``."""
+    cuts = token_cuts(tokens, fractions)
+    return [tokens[a:b] for a, b in zip([0, *cuts], [*cuts, len(tokens)], strict=True)]
+
+
+# How far (a fraction of all tokens) a cut may move to the nearest line end.
+LINE_SNAP = 0.01
+
+
+def token_cuts(tokens: list[str], fractions: list[float]) -> list[int]:
+    """Token indices that cut ``tokens`` by ``fractions``, each moved to the nearest line end.
+
+    A cut moves to the nearest ``<eos>`` boundary when one lies within ``LINE_SNAP`` of all the
+    tokens and within half of either neighbouring piece, so that ordinary text keeps its
+    sentences whole while a text of one long line is still cut at the exact fraction.
+    """
+    n = len(tokens)
+    exact = _cuts(n, fractions)
+    bounds = [0, *exact, n]
+    cuts = []
+    for i, cut in enumerate(exact):
+        smaller = min(cut - bounds[i], bounds[i + 2] - cut)
+        reach = min(int(n * LINE_SNAP), (smaller - 1) // 2)
+        cuts.append(_nearest_line_end(tokens, cut, reach))
+    return cuts
+
+
+def _nearest_line_end(tokens: list[str], cut: int, reach: int) -> int:
+    """The index after an ``<eos>`` closest to ``cut`` within ``reach`` tokens, else ``cut``."""
+    if reach < 0 or EOS not in tokens[max(0, cut - reach - 1) : cut + reach]:
+        return cut  # one search in C first: character text has no <eos> at all
+    for distance in range(reach + 1):
+        for index in (cut - distance, cut + distance):
+            if 0 < index <= len(tokens) and tokens[index - 1] == EOS:
+                return index
+    return cut
+
+
+def _token_ends(text: str, cuts: list[int]) -> list[int]:
+    """Character offsets in ``text`` just past the ``cut``-th word token, for each of ``cuts``.
+
+    Mirrors ``word_tokens``: an ``<eos>`` token ends past its line's line break.
+    """
+    offsets, seen, start = [], 0, 0
+    pending = iter(cuts)
+    cut = next(pending, None)
+    for line in text.splitlines(keepends=True):
+        words = line.split()
+        count = len(words) + 1 if words else 0
+        while cut is not None and cut <= seen + count:
+            if cut == seen:
+                offsets.append(start)
+            elif cut == seen + count:
+                offsets.append(start + len(line))
+            else:  # inside the line: past the (cut - seen)-th word
+                ends = [m.end() for m in re.finditer(r"\S+", line)]
+                offsets.append(start + ends[cut - seen - 1])
+            cut = next(pending, None)
+        seen += count
+        start += len(line)
+    while cut is not None:  # only ever len(tokens): the end of the text
+        offsets.append(len(text))
+        cut = next(pending, None)
+    return offsets
 
 
 def _cuts(n: int, fractions: list[float]) -> list[int]:

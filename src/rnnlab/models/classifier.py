@@ -51,13 +51,14 @@ class RNNClassifier(nn.Module):
         hidden, layers = config.hidden_size, config.num_layers
         self.directions = 2 if config.bidirectional else 1
         self.embedding = nn.Embedding(vocab_size, config.embedding_dim, padding_idx=0)
-        self.input_dropout = nn.Dropout(config.dropout)
+        p_input, p_between, p_output = config.dropout_rates()
+        self.input_dropout = nn.Dropout(p_input)
         self.rnn = make_rnn(
             config.cell, config.embedding_dim, hidden, layers,
-            dropout=config.dropout, bidirectional=config.bidirectional,
+            dropout=p_between, bidirectional=config.bidirectional,
         )
         pooled = hidden * self.directions * (3 if config.pooling == "concat" else 1)
-        self.output_dropout = nn.Dropout(config.dropout)
+        self.output_dropout = nn.Dropout(p_output)
         self.head = nn.Linear(pooled, num_classes)
         # Single-layer, single-direction twins of the stack for the dense path. Kept in a tuple
         # so they are not submodules: their own weights are never used (functional_call swaps
@@ -95,6 +96,10 @@ class RNNClassifier(nn.Module):
         if tokens.dim() != 2 or lengths.shape != tokens.shape[:1]:
             raise ValueError(f"expected tokens (B, T) and lengths (B,), got "
                              f"{tuple(tokens.shape)} and {tuple(lengths.shape)}")
+        if lengths.device.type == "cpu" and lengths.numel() and int(lengths.min()) < 1:
+            # Checked only on the CPU, where callers keep lengths: on a GPU it would sync.
+            row = int((lengths < 1).nonzero()[0, 0])
+            raise ValueError(f"row {row} has no tokens: pooling needs at least one per row")
         p = self.config.embedding_dropout if self.training else 0.0
         x = self.input_dropout(embedding_dropout(self.embedding, tokens, p))  # (B, T, E)
         packed = self.path == "packed" or (self.path == "auto" and tokens.is_cuda)

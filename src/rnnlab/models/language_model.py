@@ -28,11 +28,14 @@ class RNNLanguageModel(nn.Module):
         onehot = config.input == "onehot"
         input_size = vocab_size if onehot else config.embedding_dim
         self.embedding = None if onehot else nn.Embedding(vocab_size, config.embedding_dim)
-        self.input_dropout = LockedDropout(config.dropout)
+        # Dropout on the non-recurrent connections only (Zaremba et al., 2014); the input and
+        # output masks are locked over time (Gal & Ghahramani, 2016; Merity et al., 2017).
+        p_input, p_between, p_output = config.dropout_rates()
+        self.input_dropout = LockedDropout(p_input)
         self.rnn = make_rnn(
-            config.cell, input_size, config.hidden_size, config.num_layers, dropout=config.dropout
+            config.cell, input_size, config.hidden_size, config.num_layers, dropout=p_between
         )
-        self.output_dropout = LockedDropout(config.dropout)
+        self.output_dropout = LockedDropout(p_output)
         feature_size = config.hidden_size
         self.projection = None
         if config.tie_weights and config.hidden_size != config.embedding_dim:

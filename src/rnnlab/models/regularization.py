@@ -10,7 +10,8 @@ class LockedDropout(nn.Module):
     """Dropout with one mask per sequence, shared by every time step (Gal & Ghahramani, 2016).
 
     Dropping the same units at every step regularises a recurrent model without destroying the
-    signal it carries through time; awd-lstm-lm applies it to embeddings and outputs.
+    signal it carries through time; awd-lstm-lm applies it to embeddings and outputs (Merity et
+    al., 2017). On one-hot input a dropped unit is a character missing from a whole window.
     """
 
     def __init__(self, p: float):
@@ -27,9 +28,8 @@ class LockedDropout(nn.Module):
 def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     """Element-wise dropout, as ``F.dropout(x, p)`` in training, with a cheaper mask on a CPU.
 
-    ``F.dropout`` draws one float Bernoulli sample per element: 7.8 ms for the 455,000 inputs of
-    a 2 x 650 LSTM's upper layer here (2-core EPYC, torch 2.13). One 32-bit draw gives two
-    15-bit uniform integers instead: 0.6 ms for the draw, a few cheap passes for the rest.
+    ``F.dropout`` draws one float Bernoulli sample per element, the slow part on a CPU; one
+    32-bit draw gives two 15-bit uniform integers instead, and a few cheap passes do the rest.
     ``p`` is rounded to a multiple of 2**-15 and the kept units are scaled by the exact inverse
     of the kept fraction, so the expected output is still ``x``.
     """

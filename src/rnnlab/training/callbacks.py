@@ -78,13 +78,48 @@ class ProgressBar(Callback):
 
 
 class PrintEvaluations(Callback):
-    """Print each evaluation as a line (used when there is no progress bar)."""
+    """Print each evaluation as a line, and a progress line every ``train.log_every`` steps.
+
+    Used when there is no progress bar (output to a file or a CI log), where otherwise nothing
+    would show between evaluations that a run is alive and how fast it goes.
+    """
 
     def __init__(self, stream: TextIO | None = None):
         self.stream = sys.stdout if stream is None else stream
+        self._mark: tuple[float, int] | None = None  # (time, items) of the last progress line
+        self._losses: list[float] = []
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self._mark = (time.monotonic(), trainer.running.items)
+        self._losses = []
+
+    def on_step(self, trainer: Trainer, loss: float) -> None:
+        every = trainer.train_config.log_every
+        if math.isfinite(loss):
+            self._losses.append(loss)
+        if not every or trainer.step % every:
+            return
+        now, items = time.monotonic(), trainer.running.items
+        since, items_before = self._mark or (trainer.running.since, 0)
+        if items < items_before or since < trainer.running.since:  # an evaluation reset it
+            since, items_before = trainer.running.since, 0
+        self._mark = (now, items)
+        loss_text = (f"{sum(self._losses) / len(self._losses):.4f}" if self._losses
+                     else "not finite")
+        self._losses = []
+        rate = (items - items_before) / max(now - since, 1e-9)
+        print(f"step {trainer.step} | {100 * trainer.progress():.1f}% | train loss {loss_text} | "
+              f"{rate:,.0f} {trainer.task.unit}/s | elapsed {_clock(trainer.elapsed)}",
+              file=self.stream, flush=True)
 
     def on_eval(self, trainer: Trainer, record: dict[str, Any]) -> None:
         print(format_record(record), file=self.stream, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 class PlotCurves(Callback):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,6 +251,8 @@ def build_classification_task(
                           f"{', '.join(examples)}); give --test FILE or use data.split")
     interner = Interner()
     tokenized = {s: interner.tokenize(examples[s].texts, data.max_length) for s in wanted}
+    for split in wanted:
+        _check_skipped(split, examples[split], tokenized[split].skipped)
     if vocab is None:
         vocab = build_vocab(interner, tokenized["train"].ids, min_freq=data.min_freq,
                             max_size=data.max_vocab)
@@ -258,6 +261,7 @@ def build_classification_task(
     stats = {
         "examples": {s: len(e) for s, e in sets.items()},
         "truncated": {s: e.truncated for s, e in sets.items()},
+        "skipped_empty": {s: e.skipped for s, e in sets.items()},
         "max_length": data.max_length,
         "vocab": len(vocab),
         "labels": names,
@@ -270,6 +274,19 @@ def build_classification_task(
         eval_batch_size=data.eval_batch_size, seed=config.train.seed, device=device,
         stats=stats,
     )
+
+
+def _check_skipped(split: str, examples: Examples, skipped: Sequence[int]) -> None:
+    """Warn about texts left out for having no token; a split left with none is an error."""
+    if not skipped:
+        return
+    first = f"{examples.source}, line {examples.lines[skipped[0]]}"
+    plural = "s" if len(skipped) > 1 else ""
+    if len(skipped) == len(examples):
+        raise RnnlabError(f"{examples.source}: no {split} text has a token (each is empty once "
+                          f"HTML line breaks are removed, e.g. {first})")
+    warnings.warn(f"skipped {len(skipped)} {split} text{plural} of {len(examples)} with no "
+                  f"tokens (nothing but HTML line breaks; first: {first})", stacklevel=3)
 
 
 # --- artifacts and inference -----------------------------------------------------------------
@@ -295,13 +312,19 @@ def load_artifacts(run_dir: str | Path) -> tuple[Vocab, list[str]]:
     return vocab, [str(label) for label in labels]
 
 
+NO_TOKENS = "the text has no tokens"
+
+
 def predict_texts(
     model: RNNClassifier, vocab: Vocab, label_names: Sequence[str], texts: Sequence[str],
     max_length: int, batch_size: int = 64,
 ) -> list[dict[str, Any]]:
     """Classify ``texts``: ``[{"label": name, "probs": {name: p, ...}}, ...]`` in input order.
 
-    Texts longer than ``max_length`` tokens are truncated, as in training.
+    Texts longer than ``max_length`` tokens are truncated, as in training. Blank texts are an
+    error, as in training files; a text whose every character is markup (``<br />``) has no
+    token to classify: its answer is ``{"label": None, "probs": None, "error": NO_TOKENS}``,
+    and the other texts are unaffected.
     """
     if isinstance(texts, str):
         raise RnnlabError("predict_texts takes a list of texts, not a single string")
@@ -311,22 +334,24 @@ def predict_texts(
         if not isinstance(text, str) or not text.strip():
             raise RnnlabError(f"text {i + 1} of {len(texts)} is empty")
     encoded, _ = encode_texts(texts, vocab, max_length)
+    rows = [i for i, ids in enumerate(encoded) if ids]  # texts with something to read
     device = next(model.parameters()).device
-    lengths = torch.tensor([len(ids) for ids in encoded])
-    probs = torch.empty(len(texts), len(label_names))
+    lengths = torch.tensor([len(encoded[i]) for i in rows], dtype=torch.int64)
+    probs = torch.empty(len(rows), len(label_names))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             for index in sorted_batches(lengths, batch_size):
-                rows = [torch.tensor(encoded[i]) for i in index]
-                tokens = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # (B, T), pad 0
+                batch = [torch.tensor(encoded[rows[i]]) for i in index]
+                tokens = torch.nn.utils.rnn.pad_sequence(batch, batch_first=True)  # (B, T), pad 0
                 logits = model(tokens.to(device), lengths[index])  # (B, C)
                 probs[torch.from_numpy(index)] = logits.float().softmax(dim=1).cpu()
     finally:
         model.train(was_training)
+    results: list[dict[str, Any]] = [
+        {"label": None, "probs": None, "error": NO_TOKENS} for _ in texts]
     best = probs.argmax(dim=1).tolist()
-    return [
-        {"label": label_names[b], "probs": dict(zip(label_names, row, strict=True))}
-        for b, row in zip(best, probs.tolist(), strict=True)
-    ]
+    for i, b, row in zip(rows, best, probs.tolist(), strict=True):
+        results[i] = {"label": label_names[b], "probs": dict(zip(label_names, row, strict=True))}
+    return results

@@ -110,7 +110,8 @@ def evaluate_stream(
 ) -> tuple[float, int]:
     """Summed NLL over every target token of ``ids`` (all but the first), and their count.
 
-    The stream is cut into ``batch_size`` contiguous rows read with the state carried; the few
+    The stream is cut into ``batch_size`` contiguous rows read with the state carried, each
+    starting from an empty state (``batch_size=1`` predicts every token from all before it); the few
     targets past the last full row are then read as one more row that continues the last row's
     state, so no token is dropped and none is counted twice. The model is put in eval mode.
     With the state carried, the window length changes nothing but speed, so evaluation reads

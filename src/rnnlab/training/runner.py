@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -17,7 +18,9 @@ from rnnlab.config import RunConfig
 from rnnlab.data.lm_data import load_lm_data
 from rnnlab.errors import RnnlabError
 from rnnlab.models.language_model import RNNLanguageModel
+from rnnlab.run_lock import claim_run
 from rnnlab.runtime import seed_everything, set_threads
+from rnnlab.training.consistency import check_run_matches
 from rnnlab.training.lm_task import LanguageModelTask
 from rnnlab.training.trainer import Callback, Trainer, TrainResult
 from rnnlab.training.warm_start import Source, warm_start
@@ -60,30 +63,41 @@ def train(config: RunConfig, out: str | Path | None = None, *,
     set_threads(config.train.threads)
     # Under torchrun every rank runs this function; rank 0 alone checks, writes and prints.
     with distributed.session(config.train.device) as device:
-        # Rank 0's answers for all: the default name has a time stamp that may differ by a
-        # second between ranks, and another rank could look after rank 0 wrote config.json.
-        name, taken = distributed.broadcast_object((str(run_dir),
-                                                    (run_dir / ckpt.CONFIG).exists()))
-        run_dir = Path(name)
-        if taken:
-            raise RnnlabError(
-                f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
-        seed_everything(config.train.seed)
-        source = Source.read(config.train.init_from) if config.train.init_from else None
-        with distributed.main_first():  # rank 0 fills any data cache before the others read it
-            task = BUILDERS[config.task](config, device)
-        started = None
-        if source:  # before the optimiser exists; a resume restores its own weights instead
-            started = warm_start(task.model, task.vocab, source, config.train.init_recurrent)
+        # Rank 0's name for all: the default one has a time stamp that may differ by a second
+        # between ranks.
+        run_dir = Path(distributed.broadcast_object(str(run_dir)))
+        with _owned(run_dir, new=True):
+            seed_everything(config.train.seed)
+            source = Source.read(config.train.init_from) if config.train.init_from else None
+            with distributed.main_first():  # rank 0 fills any data cache before others read it
+                task = BUILDERS[config.task](config, device)
+            started = None
+            if source:  # before the optimiser exists; a resume restores its own weights instead
+                started = warm_start(task.model, task.vocab, source, config.train.init_recurrent)
+            if distributed.is_main():
+                if started:
+                    print(started.describe(), flush=True)
+                ckpt.save_config(config, run_dir)
+                save_artifacts(task, run_dir)
+                write_run_info(run_dir, device, task)
+            trainer = Trainer(task, config, run_dir, device, callbacks)
+            return _finish(trainer, trainer.fit())
+
+
+@contextlib.contextmanager
+def _owned(run_dir: Path, new: bool) -> Iterator[None]:
+    """Rank 0 holds the run directory's lock (see run_lock); every rank learns if it could."""
+    with contextlib.ExitStack() as stack:
+        refused = None
         if distributed.is_main():
-            if started:
-                print(started.describe(), flush=True)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.save_config(config, run_dir)
-            save_artifacts(task, run_dir)
-            write_run_info(run_dir, device, task)
-        trainer = Trainer(task, config, run_dir, device, callbacks)
-        return _finish(trainer, trainer.fit())
+            try:
+                stack.enter_context(claim_run(run_dir, new))
+            except RnnlabError as exc:
+                refused = str(exc)
+        refused = distributed.broadcast_object(refused)
+        if refused:
+            raise RnnlabError(refused)
+        yield
 
 
 def resume(run_dir: str | Path, overrides: dict | None = None, *,
@@ -98,10 +112,11 @@ def resume(run_dir: str | Path, overrides: dict | None = None, *,
         config.validate()
     set_threads(config.train.threads)
     # Any number of ranks may resume a run: its checkpoint holds the global batch's state.
-    with distributed.session(config.train.device) as device:
+    with distributed.session(config.train.device) as device, _owned(run_dir, new=False):
         seed_everything(config.train.seed)
         with distributed.main_first():
             task = BUILDERS[config.task](config, device)
+        check_run_matches(task, run_dir)  # before a step could overwrite a good checkpoint
         trainer = Trainer(task, config, run_dir, device, callbacks)
         trainer.resume()
         if overrides and distributed.is_main():

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -151,6 +153,8 @@ class Trainer:
                     break
                 except _RolledBack:  # back at the last good checkpoint: train on from there
                     reason = self._stop_reason()
+            if reason != "interrupted" and self._signal_caught():
+                reason = "interrupted"  # during the last evaluation: still say so, exit 130
             if reason == "interrupted":
                 with contextlib.suppress(_RolledBack):  # bad weights: the last checkpoint stands
                     self._save_last()
@@ -290,16 +294,21 @@ class Trainer:
     def _roll_back(self, what: str) -> None:
         """Recover from a numerical fault: go back to the last checkpoint with half the learning
         rate (at most MAX_ROLLBACKS times), else stop with a clear error. Never returns."""
-        if self.rollbacks >= MAX_ROLLBACKS or not (self.run_dir / ckpt.TRAINER).exists():
+        # Rank 0 decides for all: without a shared disk only it is sure to see trainer.pt.
+        can = distributed.broadcast_object(
+            self.rollbacks < MAX_ROLLBACKS and (self.run_dir / ckpt.TRAINER).exists())
+        if not can:
             tried = (f" and {self.rollbacks} roll-backs to the last checkpoint with a halved "
                      f"learning rate did not help" if self.rollbacks else
                      " before any checkpoint was written")
+            then = (f"resume with: rnnlab train --resume {self.run_dir}" if self.rollbacks
+                    else "start the run again")
             raise RnnlabError(
                 f"{what}{tried}; no checkpoint was written with non-finite weights. Lower "
-                f"train.lr or set train.clip, then resume with: rnnlab train --resume "
-                f"{self.run_dir}")
+                f"train.lr or set train.clip, then {then}")
         rollbacks, scale = self.rollbacks + 1, self.lr_scale * 0.5
-        self.resume()  # weights, optimiser, schedule, data position and RNG of that checkpoint
+        # Weights, optimiser, schedule, data position and RNG of that checkpoint:
+        self.resume(from_main=True)
         self.rollbacks, self.lr_scale = rollbacks, scale
         self.bad_steps = 0
         distributed.seed_rank(self.train_config.seed, self.step)  # as a resumed run would
@@ -308,6 +317,14 @@ class Trainer:
                           f"learning rate scaled by {scale:g} (roll-back {rollbacks} of "
                           f"{MAX_ROLLBACKS})", RuntimeWarning, stacklevel=2)
         raise _RolledBack
+
+    def _signal_caught(self) -> bool:
+        """Whether any rank caught SIGINT/SIGTERM (one all-reduce under DDP)."""
+        if self.world_size == 1:
+            return self._stop_signal is not None
+        flag = torch.tensor([float(self._stop_signal is not None)], dtype=torch.float64,
+                            device=self.device)
+        return bool(distributed.all_reduce_sum(flag).item() > 0)
 
     def _weights_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
@@ -318,10 +335,11 @@ class Trainer:
         try:
             yield
         except OSError as exc:
-            raise RnnlabError(
-                f"could not write a checkpoint in {self.run_dir} ({exc.strerror or exc}); the "
-                f"previous checkpoint is intact: fix the cause, then resume with: rnnlab train "
-                f"--resume {self.run_dir}") from None
+            then = ("the previous checkpoint is intact: fix the cause, then resume with: rnnlab "
+                    f"train --resume {self.run_dir}" if (self.run_dir / ckpt.TRAINER).exists()
+                    else "no checkpoint was written yet: fix the cause, then start the run again")
+            raise RnnlabError(f"could not write a checkpoint in {self.run_dir} "
+                              f"({exc.strerror or exc}); {then}") from None
 
     # --- budget ------------------------------------------------------------------------------
 
@@ -414,6 +432,16 @@ class Trainer:
             if old.name != weights_name:
                 old.unlink(missing_ok=True)
 
+    def _read_checkpoint(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        state = ckpt.load_trainer_state(self.run_dir / ckpt.TRAINER)
+        if state.get("format_version") != TRAINER_FORMAT:
+            raise RnnlabError(f"{self.run_dir / ckpt.TRAINER} has an unsupported format version")
+        name = state.get("weights")
+        if not isinstance(name, str):
+            raise RnnlabError(f"{self.run_dir / ckpt.TRAINER} is incomplete or does not match "
+                              f"this run (it names no weights file)")
+        return state, ckpt.read_weights(self.run_dir / name)
+
     def state_dict(self, weights_name: str) -> dict[str, Any]:
         return {
             "format_version": TRAINER_FORMAT,
@@ -435,13 +463,16 @@ class Trainer:
             "rollbacks": self.rollbacks,
         }
 
-    def resume(self) -> None:
-        """Continue from ``RUN/trainer.pt`` and the weights it names, exactly where it stopped."""
-        state = ckpt.load_trainer_state(self.run_dir / ckpt.TRAINER)
-        if state.get("format_version") != TRAINER_FORMAT:
-            raise RnnlabError(f"{self.run_dir / ckpt.TRAINER} has an unsupported format version")
+    def resume(self, from_main: bool = False) -> None:
+        """Continue from ``RUN/trainer.pt`` and the weights it names, exactly where it stopped.
+
+        ``from_main``: rank 0 reads the checkpoint and sends it to the others, which need not
+        see the same disk (a roll-back in the middle of a run).
+        """
+        state, tensors = (distributed.from_main(self._read_checkpoint) if from_main
+                          else self._read_checkpoint())
         try:
-            ckpt.load_weights(self.model, self.run_dir / state["weights"])
+            ckpt.load_tensors(self.model, tensors, self.run_dir / state["weights"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.schedule.load_state_dict(state["schedule"])
             self.task.load_state_dict(state["task"])
@@ -485,6 +516,11 @@ class Trainer:
                 if trainer._stop_signal is not None:  # a second Ctrl-C: stop right now
                     raise KeyboardInterrupt
                 trainer._stop_signal = signum
+                if signum == signal.SIGINT and trainer.is_main:
+                    # Said at once: an evaluation or a step may take a while to finish.
+                    _say("rnnlab: stopping after the current step or evaluation and saving a "
+                         "checkpoint; press Ctrl-C again to quit at once without saving this "
+                         "step\n")
 
             def __exit__(self, *exc):
                 for signum, handler in self.previous.items():
@@ -492,3 +528,12 @@ class Trainer:
                 return False
 
         return _Handler()
+
+
+def _say(text: str) -> None:
+    """Write to stderr from a signal handler: straight to the descriptor, since a buffered
+    write would raise if the signal interrupted another write to the same stream."""
+    try:
+        os.write(sys.stderr.fileno(), text.encode("utf-8", "replace"))
+    except (AttributeError, OSError, ValueError):  # no descriptor (a captured stream)
+        print(text, end="", file=sys.stderr, flush=True)
