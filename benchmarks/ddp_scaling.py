@@ -22,8 +22,8 @@ from typing import Any
 
 from rnnlab import distributed
 from rnnlab.config import resolve_config
+from rnnlab.lm.task import build_lm_task
 from rnnlab.runtime import seed_everything, set_threads
-from rnnlab.training.runner import build_lm_task
 from rnnlab.training.trainer import Trainer
 
 

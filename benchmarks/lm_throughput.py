@@ -36,12 +36,13 @@ import torch
 
 from plain_lm import PlainTrainer
 from rnnlab.config import RunConfig, read_preset, resolve_config
-from rnnlab.data.lm_data import LMData, load_lm_data
 from rnnlab.data.vocab import Vocab
 from rnnlab.generation import SampleConfig, generate_ids
+from rnnlab.lm.data import LMData, load_lm_data
+from rnnlab.lm.evaluation import evaluate_stream
+from rnnlab.lm.task import LanguageModelTask
 from rnnlab.models.language_model import RNNLanguageModel
 from rnnlab.runtime import resolve_device, set_threads
-from rnnlab.training.lm_task import LanguageModelTask, evaluate_stream
 from rnnlab.training.trainer import Trainer
 
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}

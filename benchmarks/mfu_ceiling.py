@@ -33,11 +33,11 @@ from lm_throughput import (
     trainer_step,
     zipf_ids,
 )
-from rnnlab.data.lm_data import LMData
+from rnnlab.lm.data import LMData
+from rnnlab.lm.task import LanguageModelTask
 from rnnlab.models.cells import make_rnn
 from rnnlab.models.language_model import RNNLanguageModel
 from rnnlab.runtime import resolve_device, set_threads
-from rnnlab.training.lm_task import LanguageModelTask
 from rnnlab.training.trainer import Trainer
 
 

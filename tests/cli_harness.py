@@ -1,4 +1,4 @@
-"""Run ``python -m rnnlab ...`` in child processes, fast: a shared helper of the CLI tests.
+"""Run ``python -m rnnlab ...`` in child processes, fast: the one CLI harness of the tests.
 
 A cold ``python -m rnnlab train`` spends seconds of CPU importing torch and torch._dynamo (which
 the optimiser pulls in) before it reads its first argument; the bad-input matrix and the crash
@@ -7,8 +7,11 @@ forks a child that runs ``rnnlab/__main__.py`` exactly as ``python -m rnnlab`` d
 argv, working directory, environment, stdin/stdout/stderr, exit status and signal dispositions.
 Each child starts from the server's pristine state (the server never runs any rnnlab code).
 
-Set ``RNNLAB_TEST_COLD=1`` to run every request as a real ``python -m rnnlab`` process instead;
-the results must be the same (tests/test_bad_inputs.py checks one case both ways).
+A cold runner (``shared_runner(cold=True)``, or ``RNNLAB_TEST_COLD=1`` for every request) runs
+a real ``python -m rnnlab`` process instead; the results must be the same
+(tests/test_bad_inputs.py checks one case both ways). Tests that need a fresh interpreter (hash
+seeds, ``--version``) or a process that runs alongside their own work use it. ``run_batch`` runs
+both kinds side by side and ``torchrun`` starts the CLI as several distributed processes.
 
 A request may carry a ``hook``: Python source executed in the child before the CLI starts, used
 to simulate crashes at exact points (e.g. SIGKILL inside ``os.replace``).
@@ -22,6 +25,7 @@ import os
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -153,6 +157,11 @@ class CliRunner:
         self._count = 0
         atexit.register(self.close)
 
+    def start_server(self) -> None:
+        """Start the warm server now, without waiting: it imports while other tests run."""
+        if not self.cold:
+            self._ensure_server()
+
     def _ensure_server(self) -> subprocess.Popen[bytes]:
         if self._server is None or self._server.poll() is not None:
             env = {**os.environ, **CHILD_ENV}
@@ -248,15 +257,49 @@ def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8", errors="replace")
 
 
-_shared: CliRunner | None = None
+_shared: dict[bool, CliRunner] = {}
 
 
-def shared_runner() -> CliRunner:
-    """One runner (and server) for the whole test session."""
-    global _shared
-    if _shared is None:
-        _shared = CliRunner()
-    return _shared
+def shared_runner(cold: bool = COLD) -> CliRunner:
+    """One warm runner (and server), and one cold runner, for the whole test run."""
+    if cold not in _shared:
+        _shared[cold] = CliRunner(cold=cold)
+    return _shared[cold]
+
+
+def run_batch(cold: dict[str, list[str]], warm: dict[str, list[str]], cwd: Path,
+              env: dict[str, str] | None = None, timeout: float = 300.0) -> dict[str, Result]:
+    """Start every ``cold`` command as a real process at once, run the ``warm`` ones one by one
+    in children of the server meanwhile, and return all the results by name."""
+    started = {name: shared_runner(cold=True).start(args, cwd, env=env)
+               for name, args in cold.items()}
+    results = {name: shared_runner().run(args, cwd, env=env, timeout=timeout)
+               for name, args in warm.items()}
+    results.update({name: running.wait(timeout) for name, running in started.items()})
+    return results
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(args: list[str], env: dict[str, str] | None = None, nproc: int = 2,
+             timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc_per_node=NPROC -m rnnlab ARGS`` on this machine only; asserts success."""
+    child_env = {**os.environ, **CHILD_ENV, **(env or {})}
+    if sys.platform.startswith("linux"):
+        child_env["GLOO_SOCKET_IFNAME"] = "lo"  # keep gloo's traffic on the loopback interface
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
+               f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+               f"--master_port={free_port()}",
+               "-m", "rnnlab", *args]
+    done = subprocess.run(command, env=child_env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
 
 
 def wait_for(condition, running: Running, what: str, within: float = 90.0) -> None:

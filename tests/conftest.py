@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import rnnlab
+from cli_harness import CliRunner, shared_runner
 from rnnlab.training.trainer import Callback, TrainResult
 
 # Small enough that a run of a few dozen steps takes a second or two on 2 shared CPU cores.
@@ -59,14 +60,26 @@ def write_word_corpus(path: Path, lines: int = 400, seed: int = 0) -> Path:
 def one_thread() -> Iterator[None]:
     """Run a test with one intra-op thread, then restore the previous count.
 
-    On a shared 2-core machine, two OpenMP threads that wait for each other make small LSTMs
-    5-100x slower (a one-step LSTM call took 70 ms instead of 0.5 ms); one thread is as fast
-    as two on these tiny models when the machine is idle.
+    On a shared machine, OpenMP threads that wait for a descheduled peer make small LSTMs many
+    times slower, and one thread is as fast as two on these tiny models even when it is idle.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # The CLI server takes seconds to import torch: when a selected test will use it, start it
+    # at once, so that it imports on the other core while the first tests run.
+    if any("cli_runner" in getattr(item, "fixturenames", ()) for item in session.items):
+        shared_runner().start_server()
+
+
+@pytest.fixture(scope="session")
+def cli_runner() -> CliRunner:
+    """The warm CLI runner of cli_harness.py, shared by every test that runs ``rnnlab``."""
+    return shared_runner()
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 import rnnlab
 from rnnlab import checkpoint as ckpt
 from rnnlab.api import LanguageModel
-from rnnlab.data.lm_data import load_lm_data
 from rnnlab.errors import RnnlabError
-from rnnlab.training.lm_task import evaluate_stream
+from rnnlab.lm.data import load_lm_data
+from rnnlab.lm.evaluation import evaluate_stream
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

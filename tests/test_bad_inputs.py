@@ -63,6 +63,9 @@ def set_args(values: dict[str, Any]) -> list[str]:
 
 TRAIN = ["train", *set_args({**TINY, "data.batch_size": 4, "data.bptt": 8}), "--samples", "0",
          "--out", "new"]
+# A classifier has no bptt: setting it would be refused before the data is read.
+CLF_TRAIN = ["train", *set_args({**TINY, "data.batch_size": 4}), "--out", "new", "--task",
+             "classify"]
 
 
 def train_run(folder: Path, overrides: dict[str, Any], preset: str | None = None) -> Path:
@@ -85,17 +88,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                                             "data.level": "char", "data.batch_size": 4,
                                             "data.bptt": 16}),
     }
-    if importlib.util.find_spec("rnnlab.training.classify_task") is not None:
+    if importlib.util.find_spec("rnnlab.classify.task") is not None:
         made["clf"] = train_run(folder / "clf", {
             "task": "classify", "data.train": str(folder / "reviews.csv"), "data.batch_size": 8,
             "data.min_freq": 1, "data.max_vocab": 0, "train.max_minutes": 0,
             "train.warmup_steps": 0})
     return made
-
-
-@pytest.fixture(scope="module")
-def runner() -> CliRunner:
-    return shared_runner()
 
 
 # --- the cases -------------------------------------------------------------------------------
@@ -362,19 +360,19 @@ CASES: dict[str, Case] = {
                                    run="word"),
     # --- classifier ---
     "clf-missing-text-field": Case(
-        [*TRAIN, "--task", "classify", "--train", "r.csv"], "no text field 'text'",
+        [*CLF_TRAIN, "--train", "r.csv"], "no text field 'text'",
         write("r.csv", reviews_csv().replace("text,label", "body,label", 1))),
     "clf-missing-label-field": Case(
-        [*TRAIN, "--task", "classify", "--train", "r.csv"], "no label field 'label'",
+        [*CLF_TRAIN, "--train", "r.csv"], "no label field 'label'",
         write("r.csv", reviews_csv().replace("text,label", "text,stars", 1))),
-    "clf-one-class": Case([*TRAIN, "--task", "classify", "--train", "r.csv"], "only one class",
+    "clf-one-class": Case([*CLF_TRAIN, "--train", "r.csv"], "only one class",
                           write("r.csv", reviews_csv(labels=("pos",)))),
-    "clf-non-utf8-line": Case([*TRAIN, "--task", "classify", "--train", "r.csv"],
+    "clf-non-utf8-line": Case([*CLF_TRAIN, "--train", "r.csv"],
                               "line 4 is not valid UTF-8",
                               write("r.csv", b"text,label\na b,pos\nc d,neg\nbad \xff,pos\n")),
-    "clf-header-only": Case([*TRAIN, "--task", "classify", "--train", "r.csv"],
+    "clf-header-only": Case([*CLF_TRAIN, "--train", "r.csv"],
                             "contains no examples", write("r.csv", "text,label\n")),
-    "clf-unknown-format": Case([*TRAIN, "--task", "classify", "--train", "r.txt"],
+    "clf-unknown-format": Case([*CLF_TRAIN, "--train", "r.txt"],
                                "cannot tell the format", write("r.txt", "a,b\n")),
     "clf-predict-nothing": Case(["predict", "run"], "nothing to classify", run="clf"),
     "clf-predict-batch-size-zero": Case(["predict", "run", "good", "--batch-size", "0"],
@@ -421,12 +419,12 @@ def prepare(case: Case, runs: dict[str, Path], tmp_path: Path) -> Path | None:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_fails_with_one_clear_line(runner: CliRunner, runs: dict[str, Path],
-                                             tmp_path: Path, name: str) -> None:
+def test_bad_input_fails_with_one_clear_line(cli_runner: CliRunner, runs: dict[str, Path],
+                                              tmp_path: Path, name: str) -> None:
     case = CASES[name]
     run = prepare(case, runs, tmp_path)
     before = snapshot(run) if run else None
-    result = runner.run(case.args, tmp_path)
+    result = cli_runner.run(case.args, tmp_path)
     assert result.returncode not in (0, None), result.stdout
     assert result.returncode > 0, f"killed by signal {-result.returncode}: {result.stderr}"
     check_one_error_line(result.stderr, case.expect)
@@ -444,25 +442,26 @@ def test_bad_input_fails_with_one_clear_line(runner: CliRunner, runs: dict[str, 
     ("word", ["--prime", "the cat", "--top-k", "-1"]),
     ("word", ["--prime", "the cat", "--temperature", "nan", "--num-samples", "2"]),
 ])
-def test_generate_that_fails_prints_nothing_on_stdout(runner: CliRunner, runs: dict[str, Path],
-                                                      tmp_path: Path, kind: str,
-                                                      args: list[str]) -> None:
+def test_generate_that_fails_prints_nothing_on_stdout(
+        cli_runner: CliRunner, runs: dict[str, Path], tmp_path: Path, kind: str,
+        args: list[str]) -> None:
     # Scripts capture stdout as the sample: a failure must not leave the prime there.
     shutil.copytree(runs[kind], tmp_path / "run")
-    result = runner.run(["generate", "run", "--seed", "1", *args], tmp_path)
+    result = cli_runner.run(["generate", "run", "--seed", "1", *args], tmp_path)
     assert result.returncode == 2, result.stderr
     check_one_error_line(result.stderr, ".")
     assert result.stdout == ""
 
 
+@pytest.mark.slow
 def test_a_fresh_interpreter_fails_the_same_way(runs: dict[str, Path], tmp_path: Path,
-                                                runner: CliRunner) -> None:
+                                                cli_runner: CliRunner) -> None:
     # The matrix runs in forked children of a warm interpreter; a cold `python -m rnnlab` must
     # print the very same thing.
     case = CASES["resume-malicious-trainer-state"]
     prepare(case, runs, tmp_path)
-    warm = runner.run(case.args, tmp_path)
-    cold = CliRunner(cold=True).run(case.args, tmp_path)
+    warm = cli_runner.run(case.args, tmp_path)
+    cold = shared_runner(cold=True).run(case.args, tmp_path)
     assert (cold.returncode, cold.stderr) == (warm.returncode, warm.stderr)
     no_marker(tmp_path)
 

@@ -49,6 +49,7 @@ def _assert_measured(result: dict, keys: tuple[str, ...]) -> None:
         assert math.isfinite(result[key]) and result[key] > 0, (key, result[key])
 
 
+@pytest.mark.slow
 def test_lm_throughput_counts_matmul_flops_and_reports_consistent_unrounded_figures() -> None:
     # One round: each median is then the round's own ratio, so the ratios can be checked exactly.
     result = _run_benchmark("lm_throughput.py", "--steps", "3", "--rounds", "1", "--warmup", "1",
@@ -100,6 +101,7 @@ def test_plain_baseline_refuses_what_it_cannot_build() -> None:
         PlainTrainer(config, 50, torch.arange(500) % 50)
 
 
+@pytest.mark.slow
 def test_mfu_ceiling_runs_and_counts_a_step_as_lm_throughput_does() -> None:
     # One round: each median is then the round's own figure, so the ratios can be checked exactly.
     result = _run_benchmark("mfu_ceiling.py", "--steps", "2", "--rounds", "1", "--warmup", "1")
@@ -144,6 +146,7 @@ def test_mfu_ceiling_summary_keeps_times_far_below_a_millisecond() -> None:
         result["mfu"] / result["ceiling_mfu"], rel=1e-12)
 
 
+@pytest.mark.slow
 def test_mfu_ceiling_refuses_an_adaptive_softmax() -> None:
     args = [sys.executable, str(BENCHMARKS / "mfu_ceiling.py"), "--preset", "word-fast"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=120)

@@ -15,24 +15,21 @@ import pytest
 import torch
 
 from rnnlab.checkpoint import atomic_write_text
-from rnnlab.data import classification as cls
-from rnnlab.data.classification import (
+from rnnlab.classify import imdb
+from rnnlab.classify.data import (
     Examples,
-    Interner,
-    bucket_batches,
-    build_vocab,
     check_labels,
-    convert_aclimdb,
-    encode,
-    imdb_files,
     label_names,
     read_examples,
     split_examples,
     split_validation,
-    tokenize,
 )
+from rnnlab.classify.encoding import Interner, build_vocab, encode_set
+from rnnlab.classify.imdb import convert_aclimdb, imdb_files
+from rnnlab.data.batching import bucket_batches
 from rnnlab.data.corpora import get_corpus
 from rnnlab.data.download import sha256_of
+from rnnlab.data.text import classifier_tokens
 from rnnlab.errors import RnnlabError
 
 # --- tokenizer -------------------------------------------------------------------------------
@@ -40,16 +37,16 @@ from rnnlab.errors import RnnlabError
 
 def test_tokenize_lowercases_splits_punctuation_and_drops_html_breaks():
     text = "Great movie!<br /><br />I DON'T like it.<br/>Rock'n'roll,<BR>10/10 (really)"
-    assert tokenize(text) == [
+    assert classifier_tokens(text) == [
         "great", "movie", "!", "i", "don't", "like", "it", ".", "rock'n'roll", ",",
         "10", "/", "10", "(", "really", ")",
     ]
 
 
 def test_tokenize_apostrophes_outside_words_and_curly_quotes():
-    assert tokenize("'quoted' it\u2019s") == ["'", "quoted", "'", "it's"]
-    assert tokenize("Wow!!") == ["wow", "!", "!"]
-    assert tokenize("   ") == []
+    assert classifier_tokens("'quoted' it\u2019s") == ["'", "quoted", "'", "it's"]
+    assert classifier_tokens("Wow!!") == ["wow", "!", "!"]
+    assert classifier_tokens("   ") == []
 
 
 # --- readers ---------------------------------------------------------------------------------
@@ -199,7 +196,7 @@ def test_convert_aclimdb_layout(tmp_path):
     assert _records(paths["unsup"]) == [{"text": "Nor here.", "id": "train/unsup/0_0"},
                                         {"text": "No label here.", "id": "train/unsup/3_0"}]
     assert not list((tmp_path / "imdb").glob(".*"))  # no temporary files left
-    ex = read_examples(paths["train"], rename=cls.IMDB_LABELS)
+    ex = read_examples(paths["train"], rename=imdb.IMDB_LABELS)
     assert ex.labels == ["pos", "neg", "pos", "neg"]
 
 
@@ -240,7 +237,7 @@ def test_interrupted_conversion_leaves_no_file(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real_dumps(*args, **kwargs)
 
-    monkeypatch.setattr(cls.json, "dumps", dumps)
+    monkeypatch.setattr(imdb.json, "dumps", dumps)
     with pytest.raises(OSError):
         convert_aclimdb(_fake_aclimdb(tmp_path / "a.tar.gz"), tmp_path / "imdb")
     assert list((tmp_path / "imdb").iterdir()) == []
@@ -270,10 +267,10 @@ def test_imdb_files_downloads_converts_once_and_deletes_the_archive(tmp_path, mo
         shutil.copyfile(fake, dest)
         return Path(dest)
 
-    monkeypatch.setattr(cls, "download", fake_download)
+    monkeypatch.setattr(imdb, "download", fake_download)
     root = tmp_path / "data"
     paths = imdb_files(root)
-    assert calls == [(cls.IMDB_URL, cls.IMDB_SHA256)]
+    assert calls == [(imdb.IMDB_URL, imdb.IMDB_SHA256)]
     assert paths["train"] == root / "imdb" / "train.jsonl.gz" and paths["test"].exists()
     assert not (root / "imdb" / "aclImdb_v1.tar.gz").exists()
     imdb_files(root)
@@ -283,11 +280,11 @@ def test_imdb_files_downloads_converts_once_and_deletes_the_archive(tmp_path, mo
 def test_imdb_archive_placed_by_hand_is_checked_and_used(tmp_path, monkeypatch):
     folder = tmp_path / "imdb"
     folder.mkdir()
-    archive = _fake_aclimdb(folder / cls.IMDB_ARCHIVE)
-    monkeypatch.setattr(cls, "download", None)  # must not be called
+    archive = _fake_aclimdb(folder / imdb.IMDB_ARCHIVE)
+    monkeypatch.setattr(imdb, "download", None)  # must not be called
     with pytest.raises(RnnlabError, match="does not match the expected sha256"):
         imdb_files(tmp_path)
-    monkeypatch.setattr(cls, "IMDB_SHA256", sha256_of(archive))
+    monkeypatch.setattr(imdb, "IMDB_SHA256", sha256_of(archive))
     assert len(_records(imdb_files(tmp_path)["test"])) == 2
     assert not archive.exists()
 
@@ -327,7 +324,7 @@ def test_vocab_has_pad_zero_and_counts_training_tokens_only():
     assert "zzz" not in vocab
     assert build_vocab(interner, train.ids, max_size=3).itos == ["<pad>", "<unk>", "b"]
     assert build_vocab(interner, train.ids).itos[2:] == ["b", "a", "c", "d"]  # ties: first seen
-    encoded = encode(valid, ["y"], interner, vocab, ["x", "y"])
+    encoded = encode_set(valid, ["y"], interner, vocab, ["x", "y"])
     assert encoded.flat.tolist() == [1, 1, 1, 2] and encoded.labels.tolist() == [1]
 
 
@@ -343,7 +340,7 @@ def _encoded(lengths: list[int]):
     tokenized = interner.tokenize(texts, max_length=1000)
     vocab = build_vocab(interner, tokenized.ids)
     labels = ["x" if i % 2 else "y" for i in range(len(lengths))]
-    return encode(tokenized, labels, interner, vocab, ["x", "y"])
+    return encode_set(tokenized, labels, interner, vocab, ["x", "y"])
 
 
 def test_batch_pads_with_zero():

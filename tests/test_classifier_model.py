@@ -14,13 +14,7 @@ from rnnlab.models.classifier import RNNClassifier
 VOCAB = 40
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds sync cost, badly so on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 
 
 def _model(cell="lstm", bidirectional=True, pooling="last", layers=2, **kw) -> RNNClassifier:
@@ -138,6 +132,7 @@ def _marker_data(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]
     return tokens, lengths, labels
 
 
+@pytest.mark.slow
 def test_plain_tanh_rnn_learns_a_marker_task():
     torch.manual_seed(4)
     generator = torch.Generator().manual_seed(4)

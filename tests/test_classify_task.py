@@ -13,17 +13,14 @@ import torch
 
 import rnnlab
 from rnnlab import cli
+from rnnlab.checkpoint import load_artifacts, save_artifacts
+from rnnlab.classify.inference import predict_texts
+from rnnlab.classify.metrics import classification_report
+from rnnlab.classify.task import ClassificationTask, build_classification_task
 from rnnlab.config import POOLINGS, DataConfig, resolve_config
-from rnnlab.data.lm_data import load_lm_data
 from rnnlab.errors import RnnlabError
-from rnnlab.training.classify_task import (
-    ClassificationTask,
-    build_classification_task,
-    classification_report,
-    load_artifacts,
-    predict_texts,
-    save_artifacts,
-)
+from rnnlab.lm.data import load_lm_data
+from rnnlab.training.task import Task
 
 CPU = torch.device("cpu")
 _FILLER = "the a movie film plot actor scene story it was and of to this".split()
@@ -31,13 +28,7 @@ _CUES = {"pos": ["great", "wonderful", "loved"], "neg": ["awful", "boring", "hat
          "mixed": ["okay", "average", "fine"]}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds sync cost, badly so on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 
 
 def write_reviews(path: Path, n: int, seed: int, labels=("neg", "pos", "mixed")) -> Path:
@@ -230,6 +221,13 @@ def test_predict_command_prints_texts_without_tokens_as_unlabelled(tmp_path, cap
     assert set(lines[1]["probs"]) == {"mixed", "neg", "pos"}
     clf = rnnlab.TextClassifier.load(tmp_path / "run")
     assert clf.predict(["<br/>"]) == [NO_TOKENS]
+
+
+def test_classification_task_has_every_method_of_the_task_protocol(task):
+    wanted = [name for name, value in vars(Task).items()
+              if callable(value) and not name.startswith("_")]
+    assert [name for name in wanted if not callable(getattr(task, name, None))] == []
+    assert task.shard(0, 2) is False  # whole examples: the Trainer slices each batch
 
 
 def test_artifacts_round_trip(task, tmp_path):

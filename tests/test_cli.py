@@ -1,102 +1,32 @@
-"""The ``rnnlab`` command end to end, in separate processes.
+"""The ``rnnlab`` command end to end, in separate processes (through cli_harness.py).
 
 The main path (train -> eval -> generate twice, and ``--version``) runs as real
-``python -m rnnlab ...`` subprocesses. Each of those pays seconds for importing torch on a shared
-2-core machine, so every other command (the many bad inputs, ``presets``, ``train --text``, more
-generate and eval variants) runs in a process forked from one ``python`` that has imported
-rnnlab once: each child runs the ``rnnlab`` module as ``__main__`` (what ``-m`` does) with its
-own argv, and its exit status and file descriptors 1 and 2 are captured as they are. All the
-commands run once, a few at a time, in two module-scoped batches; the tests read the results.
+``python -m rnnlab ...`` processes. Each of those pays for importing torch, so every other command
+(the many bad inputs, ``presets``, ``train --text``, more generate and eval variants) runs in a
+child forked from the harness's warm server. All the commands run once, in two module-scoped
+batches; the tests read the results.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 import tomllib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 import rnnlab
+from cli_harness import Result, run_batch, shared_runner
 from rnnlab import checkpoint as ckpt
 from rnnlab.api import LanguageModel
 
-Result = subprocess.CompletedProcess
-
 
 def _env(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "RNNLAB_DEBUG"}
-    # One OpenMP thread per process: several processes share two cores here.
-    env.update({"OMP_NUM_THREADS": "1", "RNNLAB_DATA": str(data_dir), "PYTHONUNBUFFERED": "1"})
-    return env
-
-
-def _run_all(commands: dict[str, list[str]], cwd: Path) -> dict[str, Result]:
-    """Run ``python -m rnnlab ARGS`` for every entry, three at a time."""
-
-    def run(args: list[str]) -> Result:
-        return subprocess.run([sys.executable, "-m", "rnnlab", *args], cwd=cwd,
-                              env=_env(cwd / "data"), capture_output=True, text=True, timeout=300)
-
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {name: pool.submit(run, args) for name, args in commands.items()}
-        return {name: future.result() for name, future in futures.items()}
-
-
-# Reads a JSON list of [name, argv] from stdin; runs each in a forked child as `python -m rnnlab`
-# would, with stdout/stderr in OUT/name.out and OUT/name.err; prints {name: exit status}.
-_FORK_DRIVER = r"""
-import json, os, runpy, sys, traceback
-import rnnlab.cli, torch  # what every `python -m rnnlab` imports: pay for it once
-out = sys.argv[1]
-status = {}
-for name, argv in json.load(sys.stdin):
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            for fd, suffix in ((1, ".out"), (2, ".err")):
-                os.dup2(os.open(os.path.join(out, name + suffix),
-                                os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-            sys.argv = ["rnnlab", *argv]
-            runpy.run_module("rnnlab", run_name="__main__", alter_sys=True)
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    status[name] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-print(json.dumps(status))
-"""
-
-
-def _run_forked(commands: dict[str, list[str]], cwd: Path) -> dict[str, Result]:
-    """Like ``_run_all``, in children forked from one process (see the module docstring)."""
-    out = cwd / "forked"
-    out.mkdir(exist_ok=True)
-    driver = subprocess.run(
-        [sys.executable, "-c", _FORK_DRIVER, str(out)], input=json.dumps(list(commands.items())),
-        cwd=cwd, env=_env(cwd / "data"), capture_output=True, text=True, timeout=300)
-    assert driver.returncode == 0, driver.stderr
-    status = json.loads(driver.stdout)
-    return {
-        name: Result(["rnnlab", *args], status[name],
-                     (out / f"{name}.out").read_text(encoding="utf-8"),
-                     (out / f"{name}.err").read_text(encoding="utf-8"))
-        for name, args in commands.items()
-    }
+    return {"RNNLAB_DATA": str(data_dir)}
 
 
 def _write(path: Path, content: bytes | str) -> str:
@@ -118,6 +48,8 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "unknown-preset": (lambda d: ["train", "--preset", "no-such-preset"], "unknown preset"),
     "unknown-set-key": (lambda d: ["train", "--set", "train.no_such_key=1"], "unknown config key"),
     "wrong-type": (lambda d: ["train", "--set", "train.lr=abc"], "expected float"),
+    "key-of-the-other-task": (lambda d: ["train", "--task", "classify", "--set", "data.bptt=8"],
+                              "data.bptt is for --task lm only"),
     "non-positive-size": (lambda d: ["train", "--set", "data.batch_size=0"], "must be positive"),
     "shorter-than-one-batch": (
         lambda d: ["train", "--train", _write(d / "short.txt", "hello world\n" * 3),
@@ -154,10 +86,7 @@ def cli(tmp_path_factory: pytest.TempPathFactory,
         "presets": ["presets"],
         **{name: make(work) for name, (make, _) in BAD_INPUTS.items() if name not in needs_run},
     }
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        forked = pool.submit(_run_forked, first_forked, work)
-        results = _run_all(first, work)
-        results.update(forked.result())
+    results = run_batch(first, first_forked, work, env=_env(work / "data"))
     assert results["train"].returncode == 0, results["train"].stderr
     run = work / "run"
 
@@ -181,10 +110,7 @@ def cli(tmp_path_factory: pytest.TempPathFactory,
         "generate-batch": [*generate, "--num-samples", "3"],
         **{name: BAD_INPUTS[name][0](work) for name in needs_run},
     }
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        forked = pool.submit(_run_forked, second_forked, work)
-        results.update(_run_all(second, work))
-        results.update(forked.result())
+    results.update(run_batch(second, second_forked, work, env=_env(work / "data")))
     results["work"] = work  # type: ignore[assignment]
     results["prime"] = prime  # type: ignore[assignment]
     return results
@@ -196,19 +122,21 @@ def _ok(result: Result) -> Result:
     return result
 
 
+@pytest.mark.slow
 def test_version() -> None:
     # Not through the fixture: the fastest command doubles as a smoke test of `python -m`.
-    result = subprocess.run([sys.executable, "-m", "rnnlab", "--version"], capture_output=True,
-                            text=True, timeout=120, env=_env(Path.cwd()))
+    result = shared_runner(cold=True).run(["--version"], Path.cwd(), env=_env(Path.cwd()))
     assert _ok(result).stdout.strip() == f"rnnlab {rnnlab.__version__}"
 
 
+@pytest.mark.slow
 def test_presets_lists_the_built_in_recipes(cli: dict[str, Result]) -> None:
     out = _ok(cli["presets"]).stdout
     names = [line.split()[0] for line in out.splitlines() if line.strip()]
     assert "synthetic" in names and "word-small" in names
 
 
+@pytest.mark.slow
 def test_train_writes_a_run_and_reports_perplexities(cli: dict[str, Result]) -> None:
     out = _ok(cli["train"]).stdout
     run = cli["work"] / "run"  # type: ignore[operator]
@@ -224,6 +152,7 @@ def test_train_writes_a_run_and_reports_perplexities(cli: dict[str, Result]) -> 
     assert "error" not in cli["train"].stderr
 
 
+@pytest.mark.slow
 def test_eval_reports_the_test_split(cli: dict[str, Result]) -> None:
     out = _ok(cli["eval"]).stdout
     assert out.startswith("test split:") and "ppl" in out
@@ -235,6 +164,7 @@ def test_eval_reports_the_test_split(cli: dict[str, Result]) -> None:
     assert metrics["ppl"] == pytest.approx(expected["ppl"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_generate_is_reproducible_by_seed(cli: dict[str, Result]) -> None:
     first, second = _ok(cli["generate-1"]).stdout, _ok(cli["generate-2"]).stdout
     assert first == second
@@ -245,12 +175,14 @@ def test_generate_is_reproducible_by_seed(cli: dict[str, Result]) -> None:
     assert cli["generate-1"].stderr == ""
 
 
+@pytest.mark.slow
 def test_generate_several_samples(cli: dict[str, Result]) -> None:
     out = _ok(cli["generate-batch"]).stdout
     assert [line for line in out.splitlines() if line.startswith("--- sample")] == [
         "--- sample 1", "--- sample 2", "--- sample 3"]
 
 
+@pytest.mark.slow
 def test_train_on_a_small_local_text_file(cli: dict[str, Result]) -> None:
     out = _ok(cli["train-text"]).stdout
     run = cli["work"] / "text-run"  # type: ignore[operator]
@@ -260,6 +192,7 @@ def test_train_on_a_small_local_text_file(cli: dict[str, Result]) -> None:
     assert LanguageModel.load(run).evaluate("valid")["tokens"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(BAD_INPUTS))
 def test_bad_input_gives_one_error_line_and_no_traceback(cli: dict[str, Result],
                                                          name: str) -> None:
@@ -273,13 +206,14 @@ def test_bad_input_gives_one_error_line_and_no_traceback(cli: dict[str, Result],
     assert not list((cli["work"]).glob("runs/*"))  # type: ignore[union-attr]
 
 
+@pytest.mark.slow
 def test_eval_uses_the_runs_threads_unless_told(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                 ) -> None:
     from rnnlab import cli
 
     config = rnnlab.resolve_config(preset="synthetic", overrides={
         "train.max_steps": 2, "train.threads": 1, "model.hidden_size": 16,
-        "model.embedding_dim": 16, "model.num_layers": 1})
+        "model.embedding_dim": 16, "model.num_layers": 1, "data.synthetic_tokens": 20_000})
     rnnlab.train(config, tmp_path / "run")
     chosen: list[int] = []
     monkeypatch.setattr("rnnlab.runtime.set_threads", chosen.append)
@@ -342,11 +276,10 @@ def test_presets_name_prints_a_toml_config_file_of_the_same_recipe(
 
 
 def test_char_level_samples_skip_the_vocabularys_unknown_symbol(
-        train_tiny: Callable[..., rnnlab.TrainResult], tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        train_tiny: Callable[..., rnnlab.TrainResult], tmp_path: Path) -> None:
     import torch
 
-    from rnnlab import cli
+    from rnnlab import reports
 
     text = tmp_path / "chars.txt"
     text.write_text("to be or not to be, that is the question.\n" * 40, encoding="utf-8")
@@ -356,10 +289,7 @@ def test_char_level_samples_skip_the_vocabularys_unknown_symbol(
     with torch.no_grad():  # make the unknown symbol by far the most likely output
         lm.model.decoder.bias[lm.vocab.unk_id] = 50.0
     ckpt.save_weights(lm.model, run / ckpt.BEST)
-    capsys.readouterr()
-    cli.report_language_model(run, 2)
-    samples = [line for line in capsys.readouterr().out.splitlines()
-               if line.startswith("sample ")]
+    samples = reports.lm_samples(LanguageModel.load(run), 2)
     assert len(samples) == 2
     assert not any(lm.vocab.unk in line for line in samples)
 
@@ -377,3 +307,29 @@ def test_data_path_prints_the_folder_that_holds_the_corpus_files(
         printed[name] = Path(capsys.readouterr().out.strip())
         assert {(tmp_path / f.path).parent for f in corpus.files} == {printed[name]}, name
     assert printed["wikitext2"] == tmp_path / "wikitext-2"
+
+
+def test_train_reports_from_memory_the_numbers_a_reload_measures(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        make_tiny_overrides: Callable[..., dict], make_word_corpus: Callable[..., Path]) -> None:
+    from rnnlab import cli
+    from rnnlab.training.trainer import Callback
+
+    text = make_word_corpus(tmp_path / "words.txt", lines=300)
+
+    class RemoveText(Callback):  # the report must not need the corpus again
+        def on_train_end(self, trainer, result) -> None:
+            text.unlink()
+
+    monkeypatch.setattr(cli, "PlotCurves", RemoveText)
+    overrides = make_tiny_overrides(data__text=str(text), data__split="0.8,0.1,0.1")
+    sets = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
+    capsys.readouterr()
+    assert cli.main(["train", *sets, "--out", str(tmp_path / "run"), "--samples", "1"]) == 0
+    out = capsys.readouterr().out
+    make_word_corpus(text, lines=300)  # the same text again, for the reference measurements
+    lm = LanguageModel.load(tmp_path / "run")
+    assert f"valid ppl {lm.evaluate('valid')['ppl']:.2f} (best checkpoint)" in out
+    test = lm.evaluate("test")
+    assert f"test ppl {test['ppl']:.2f} | {test['bits']:.4f} bits per token" in out
+    assert sum(line.startswith("sample 1: ") for line in out.splitlines()) == 1

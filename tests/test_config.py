@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -275,3 +276,37 @@ def test_non_finite_numbers_are_rejected_from_files_and_the_python_api(tmp_path:
     config.train.weight_decay = float("inf")
     with pytest.raises(RnnlabError, match=r"train\.weight_decay.*finite"):
         config.validate()
+
+
+@pytest.mark.parametrize("layer, message", [
+    ({"overrides": {"task": "classify", "data.bptt": "8"}},
+     "--set: data.bptt is for --task lm only, and this run's task is classify"),
+    ({"overrides": {"model.pooling": "mean"}},
+     "--set: model.pooling is for --task classify only, and this run's task is lm"),
+    ({"preset": "imdb-lm", "overrides": {"task": "classify"}},
+     "preset imdb-lm: model.output is for --task lm only"),
+])
+def test_a_key_set_for_the_other_task_is_refused(layer: dict[str, Any], message: str) -> None:
+    with pytest.raises(RnnlabError, match=re.escape(message)):
+        resolve_config(**layer)
+
+
+def test_a_config_file_setting_the_other_tasks_key_is_named_in_the_error(tmp_path: Path) -> None:
+    path = tmp_path / "clf.toml"
+    path.write_text('task = "classify"\n[data]\nvariable_bptt = true\n', encoding="utf-8")
+    with pytest.raises(RnnlabError, match=f"{re.escape(str(path))}: data.variable_bptt is for"):
+        resolve_config(config_file=path)
+
+
+def test_the_other_tasks_keys_at_their_default_or_unused_values_resolve() -> None:
+    # A classifier ties no weights, so tie_weights = false (as the imdb presets say) is no error.
+    config = resolve_config(overrides={"task": "classify", "model.tie_weights": "false",
+                                       "data.bptt": "35"})
+    assert config.task == "classify" and config.model.tie_weights is False
+
+
+def test_a_runs_config_json_loads_whatever_its_tasks_keys() -> None:
+    # Run directories written before the task check keep loading.
+    config = RunConfig.from_dict({"task": "classify", "data": {"bptt": 8},
+                                  "model": {"output": "adaptive", "tie_weights": False}})
+    assert config.data.bptt == 8 and config.model.output == "adaptive"

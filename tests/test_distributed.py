@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import warnings
@@ -24,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 import rnnlab
+from cli_harness import free_port, torchrun
 from rnnlab import checkpoint as ckpt
 from rnnlab import distributed
 from rnnlab.errors import RnnlabError
@@ -48,33 +48,8 @@ SETTINGS: dict[str, Any] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    """Runs in this process set one thread; give the other tests back their count."""
-    previous = torch.get_num_threads()
-    yield
-    torch.set_num_threads(previous)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _torchrun(out: Path, *args: str) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node=2 -m rnnlab train ...`` on this machine only."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if sys.platform.startswith("linux"):
-        env["GLOO_SOCKET_IFNAME"] = "lo"  # keep gloo's traffic on the loopback interface
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-        "-m", "rnnlab", "train", "--out", str(out), "--samples", "0", *args,
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
+# Runs in this process use one thread (train.threads = 1); the fixture restores the count.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
@@ -91,6 +66,7 @@ def _hidden(run_dir: Path) -> list[torch.Tensor]:
     return ckpt.load_trainer_state(run_dir / ckpt.TRAINER)["task"]["hidden"]
 
 
+@pytest.mark.slow
 def test_two_ranks_equal_one_process_and_one_process_resumes(tmp_path: Path) -> None:
     # The reference: one process, global batch 8, STEPS steps, then resumed to 2 * STEPS.
     config = rnnlab.resolve_config(preset="synthetic",
@@ -102,7 +78,8 @@ def test_two_ranks_equal_one_process_and_one_process_resumes(tmp_path: Path) -> 
 
     # (a) two ranks with 4 rows each follow the one-process run.
     sets = [f"--set={key}={value}" for key, value in SETTINGS.items()]
-    done = _torchrun(tmp_path / "two", *sets, f"--max-steps={STEPS}")
+    done = torchrun(["train", "--out", str(tmp_path / "two"), "--samples", "0", *sets,
+                     f"--max-steps={STEPS}"])
     _assert_close(_weights(tmp_path / "two", STEPS), first_leg)
     for mine, reference in zip(_hidden(tmp_path / "two"), first_hidden, strict=True):
         assert mine.shape == reference.shape == (1, 8, 32)  # gathered: the whole global batch
@@ -225,7 +202,6 @@ def test_gradient_scaler_skips_overflowing_steps_without_failing(tmp_path: Path)
     """The fp16 path (a GradScaler) on the CPU: GPU runs are rare, this logic is not GPU-bound."""
     config = rnnlab.resolve_config(preset="synthetic",
                                    overrides={**SETTINGS, "train.max_steps": 8})
-    torch.set_num_threads(1)  # as the runner would (train.threads); restored by the fixture
     task = runner.build_lm_task(config, torch.device("cpu"))
     (tmp_path / "run").mkdir()
     trainer = Trainer(task, config, tmp_path / "run", torch.device("cpu"))
@@ -278,6 +254,8 @@ class Task:
         return {}
     def load_state_dict(self, state):
         pass
+    def shard(self, rank, world):
+        return False  # the trainer slices every batch
 
 root = Path(sys.argv[1])
 outcome = "none"
@@ -324,7 +302,7 @@ _MAIN_FIRST_FAILS = """
 def _run_ranks(body: str, root: Path, env: dict[str, str] | None = None) -> dict[int, str]:
     """Two ranks of ``body`` on 127.0.0.1; each rank's OUTCOME line. Fails if they hang."""
     script = _RANK_SCRIPT.replace("BODY\n", body.lstrip("\n"))
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     for r in range(2):
         child_env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(r), "LOCAL_RANK": "0",
@@ -355,18 +333,21 @@ def _run_ranks(body: str, root: Path, env: dict[str, str] | None = None) -> dict
     return outcomes
 
 
+@pytest.mark.slow
 def test_roll_back_is_decided_on_rank_0_when_only_it_sees_the_checkpoint(tmp_path: Path) -> None:
     outcomes = _run_ranks(_ROLL_BACK, tmp_path)
     assert outcomes[0] == outcomes[1], outcomes
     assert outcomes[0].startswith("rolled back to step 1 scale 0.5"), outcomes
 
 
+@pytest.mark.slow
 def test_no_roll_back_on_any_rank_when_rank_0_has_no_checkpoint(tmp_path: Path) -> None:
     outcomes = _run_ranks(_ROLL_BACK, tmp_path, {"STALE_ON_RANK1": "1"})
     assert outcomes[0] == outcomes[1], outcomes
     assert outcomes[0].startswith("error: a test fault before any checkpoint was written")
 
 
+@pytest.mark.slow
 def test_a_failure_inside_main_first_reaches_every_rank_as_an_error(tmp_path: Path) -> None:
     outcomes = _run_ranks(_MAIN_FIRST_FAILS, tmp_path)
     assert outcomes == {0: "error: the corpus could not be downloaded",

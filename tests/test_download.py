@@ -190,7 +190,7 @@ def toy_corpus(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> Corpus:
         sha = server.publish(f"{split}.txt", f"{split} text\n".encode() * 50)
         files.append(RemoteFile(split, f"toy/{split}.txt", server.url(f"{split}.txt"), sha))
     corpus = Corpus("toy", "lm", "word", "test corpus", tuple(files))
-    corpora.register(corpus)
+    corpora.CORPORA[corpus.name] = corpus
     return corpus
 
 

@@ -6,10 +6,6 @@ Every test here needs a CUDA device and is skipped without one (``pytest -m gpu`
 from __future__ import annotations
 
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import rnnlab
+from cli_harness import torchrun
 from rnnlab import checkpoint as ckpt
 from rnnlab.config import ModelConfig
 from rnnlab.models.language_model import RNNLanguageModel
@@ -95,25 +92,13 @@ def test_fp16_with_a_gradient_scaler_trains_and_resumes(tmp_path: Path) -> None:
     assert resumed.steps == 10
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_two_gpus_with_nccl_equal_one_gpu(tmp_path: Path, exact_fp32) -> None:
     _train(tmp_path, "one", **{"train.max_steps": 6})
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-        "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "rnnlab", "train",
-        "--out", str(tmp_path / "two"), "--samples", "0", "--max-steps", "6",
-        *(f"--set={key}={value}" for key, value in SETTINGS.items()),
-    ]
     # TF32 off in the workers too, so one GPU and two agree to fp32 rounding.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NVIDIA_TF32_OVERRIDE": "0"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    torchrun(["train", "--out", str(tmp_path / "two"), "--samples", "0", "--max-steps", "6",
+              *(f"--set={key}={value}" for key, value in SETTINGS.items())],
+             env={"NVIDIA_TF32_OVERRIDE": "0"})
     one = load_file(tmp_path / "one" / "last-00000006.safetensors")
     two = load_file(tmp_path / "two" / "last-00000006.safetensors")
     for name in one:

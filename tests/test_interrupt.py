@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 import rnnlab
-from cli_harness import CliRunner, shared_runner, wait_for
+from cli_harness import CliRunner, wait_for
 from rnnlab import checkpoint as ckpt
 from rnnlab.api import LanguageModel
 from rnnlab.data.vocab import Vocab
@@ -53,11 +53,6 @@ TRAIN_ARGS = ["train", "--preset", "synthetic", *set_args(OVERRIDES), "--samples
 # only read its state), and skipping them saves ~100 fsynced writes per test.
 FINISH_ARGS = ["train", "--resume", "run", "--samples", "0", "--no-plot", "--set",
                "train.checkpoint_every=0"]
-
-
-@pytest.fixture(scope="module")
-def cli() -> CliRunner:
-    return shared_runner()
 
 
 @pytest.fixture(scope="module")
@@ -158,19 +153,20 @@ KILLS: list[tuple[str, str]] = [
 ]
 
 
+@pytest.mark.slow
 def test_sigkill_at_chosen_moments_in_turn_never_leaves_a_broken_run(
-        cli: CliRunner, reference: Path, tmp_path: Path) -> None:
+        cli_runner: CliRunner, reference: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     steps: list[int] = []
     for attempt, (moment, hook) in enumerate(KILLS):
         args = TRAIN_ARGS + ["--out", "run"] if attempt == 0 else [
             "train", "--resume", "run", "--samples", "0", "--no-plot"]
-        crashed = cli.run(args, tmp_path, hook=hook)
+        crashed = cli_runner.run(args, tmp_path, hook=hook)
         assert crashed.returncode == -signal.SIGKILL, f"not killed {moment}:\n{crashed.stderr}"
         steps.append(assert_loadable(run))
     # Every process got further than the one before it: each kill hit a different moment.
     assert steps == sorted(set(steps)) and steps[0] > 0, steps
-    final = cli.run(FINISH_ARGS, tmp_path)
+    final = cli_runner.run(FINISH_ARGS, tmp_path)
     assert final.returncode == 0, final.stderr
     assert not list(run.glob(".*.tmp")), "the resume should remove what crashes left behind"
     assert not (run / "curves.png").exists()  # --no-plot
@@ -245,10 +241,11 @@ ckpt.append_metrics = append_metrics
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", list(CRASH_POINTS))
 def test_sigkill_at_each_point_of_a_checkpoint_then_resume_is_exact(
-        cli: CliRunner, reference: Path, tmp_path: Path, point: str) -> None:
-    crashed = cli.run(TRAIN_ARGS + ["--out", "run"], tmp_path, hook=CRASH_POINTS[point])
+        cli_runner: CliRunner, reference: Path, tmp_path: Path, point: str) -> None:
+    crashed = cli_runner.run(TRAIN_ARGS + ["--out", "run"], tmp_path, hook=CRASH_POINTS[point])
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     run = tmp_path / "run"
     assert_loadable(run)
@@ -257,15 +254,16 @@ def test_sigkill_at_each_point_of_a_checkpoint_then_resume_is_exact(
         assert list(run.glob(".*.tmp")), "the crash should have left a temporary file"
     if point == "metrics-line-torn":
         assert not (run / ckpt.METRICS).read_text(encoding="utf-8").endswith("\n")
-    resumed = cli.run(FINISH_ARGS, tmp_path)
+    resumed = cli_runner.run(FINISH_ARGS, tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert not list(run.glob(".*.tmp"))
     assert_equals_reference(run, reference)
 
 
-def test_sigterm_saves_and_says_how_to_resume(cli: CliRunner, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_sigterm_saves_and_says_how_to_resume(cli_runner: CliRunner, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    child = cli.start(TRAIN_ARGS + ["--out", "run"], tmp_path)
+    child = cli_runner.start(TRAIN_ARGS + ["--out", "run"], tmp_path)
     wait_for(lambda: (run / ckpt.TRAINER).exists(), child, "the first checkpoint")
     child.send_signal(signal.SIGTERM)
     result = child.wait()
@@ -277,10 +275,11 @@ def test_sigterm_saves_and_says_how_to_resume(cli: CliRunner, tmp_path: Path) ->
     assert_loadable(run)
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_and_leaves_a_loadable_run(
-        cli: CliRunner, tmp_path: Path) -> None:
+        cli_runner: CliRunner, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    child = cli.start(TRAIN_ARGS + ["--out", "run"], tmp_path)
+    child = cli_runner.start(TRAIN_ARGS + ["--out", "run"], tmp_path)
     wait_for(lambda: (run / ckpt.TRAINER).exists(), child, "the first checkpoint")
     child.send_signal(signal.SIGINT)
     child.send_signal(signal.SIGINT)  # impatient: may land inside the final checkpoint's write
@@ -291,7 +290,7 @@ def test_a_second_ctrl_c_stops_at_once_and_leaves_a_loadable_run(
     assert 1 <= len(result.stderr.strip().splitlines()) <= 2, result.stderr
     assert "rnnlab train --resume run" in result.stderr
     assert_loadable(run)
-    resumed = cli.run(FINISH_ARGS, tmp_path)
+    resumed = cli_runner.run(FINISH_ARGS, tmp_path)
     assert resumed.returncode == 0, resumed.stderr
 
 
@@ -327,7 +326,7 @@ def test_metrics_after_a_torn_line_stay_readable(tmp_path: Path) -> None:
 # evaluation of the run (the evaluation then goes on, as a real one would).
 _SIGINT_IN_EVAL = """
 import os, signal, sys
-from rnnlab.training.lm_task import LanguageModelTask
+from rnnlab.lm.task import LanguageModelTask
 real, calls = LanguageModelTask.evaluate, [0]
 def evaluate(self, split):
     calls[0] += 1
@@ -344,11 +343,12 @@ def sigint_in_eval(evaluation: int, presses: int) -> str:
     return _SIGINT_IN_EVAL.replace("EVAL", str(evaluation)).replace("PRESSES", str(presses))
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_the_last_evaluation_says_so_at_once_saves_and_exits_130(
-        cli: CliRunner, tmp_path: Path) -> None:
+        cli_runner: CliRunner, tmp_path: Path) -> None:
     # Evaluations at steps 20 and 25 (the end of the step budget): Ctrl-C lands in the last.
     args = TRAIN_ARGS + ["--out", "run", "--max-steps", "25", "--set", "train.checkpoint_every=0"]
-    result = cli.run(args, tmp_path, hook=sigint_in_eval(2, 1))
+    result = cli_runner.run(args, tmp_path, hook=sigint_in_eval(2, 1))
     assert result.returncode == 130, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[0].startswith("rnnlab: stopping after the current step or evaluation and "
@@ -360,10 +360,12 @@ def test_ctrl_c_in_the_last_evaluation_says_so_at_once_saves_and_exits_130(
     assert assert_loadable(tmp_path / "run") == 25
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_in_an_evaluation_says_which_checkpoint_stands(
-        cli: CliRunner, tmp_path: Path) -> None:
+        cli_runner: CliRunner, tmp_path: Path) -> None:
     args = TRAIN_ARGS + ["--out", "run", "--set", "train.checkpoint_every=0"]
-    result = cli.run(args, tmp_path, hook=sigint_in_eval(2, 2))  # in the evaluation of step 40
+    # In the evaluation of step 40:
+    result = cli_runner.run(args, tmp_path, hook=sigint_in_eval(2, 2))
     assert result.returncode == 130, result.stderr
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -374,17 +376,18 @@ def test_a_second_ctrl_c_in_an_evaluation_says_which_checkpoint_stands(
     assert assert_loadable(tmp_path / "run") == 20
 
 
+@pytest.mark.slow
 def test_a_run_directory_in_use_is_refused_to_a_second_run_and_to_a_resume(
-        cli: CliRunner, tmp_path: Path) -> None:
+        cli_runner: CliRunner, tmp_path: Path) -> None:
     from rnnlab.run_lock import claim_run
 
     run = tmp_path / "run"
-    first = cli.run(TRAIN_ARGS + ["--out", "run", "--max-steps", "3"], tmp_path)
+    first = cli_runner.run(TRAIN_ARGS + ["--out", "run", "--max-steps", "3"], tmp_path)
     assert first.returncode == 0, first.stderr
     before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
     with claim_run(run, new=False):  # as a process resuming it a moment earlier would
         for args in (TRAIN_ARGS + ["--out", "run"], FINISH_ARGS + ["--max-steps", "6"]):
-            result = cli.run(args, tmp_path)
+            result = cli_runner.run(args, tmp_path)
             assert result.returncode == 2, result.stderr
             assert result.stderr.strip().splitlines() == [
                 "rnnlab: error: run is in use by another rnnlab process (training or resuming "
@@ -392,14 +395,15 @@ def test_a_run_directory_in_use_is_refused_to_a_second_run_and_to_a_resume(
             assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
     # Two new runs into one new directory: the second is refused before it writes anything.
     with claim_run(tmp_path / "new", new=True):
-        result = cli.run(TRAIN_ARGS + ["--out", "new"], tmp_path)
+        result = cli_runner.run(TRAIN_ARGS + ["--out", "new"], tmp_path)
         assert result.returncode == 2 and "new is in use" in result.stderr, result.stderr
         assert list((tmp_path / "new").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_its_name_free(
-        cli: CliRunner, tmp_path: Path) -> None:
-    failed = cli.run(TRAIN_ARGS + ["--out", "run", "--set", "train.lr=1e30",
+        cli_runner: CliRunner, tmp_path: Path) -> None:
+    failed = cli_runner.run(TRAIN_ARGS + ["--out", "run", "--set", "train.lr=1e30",
                                    "--set", "train.checkpoint_every=0"], tmp_path)
     assert failed.returncode == 2, failed.stderr
     assert "--resume" not in failed.stderr  # there is nothing to resume
@@ -409,6 +413,6 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_its_name_free(
     (tmp_path / "run").mkdir()
     for name in (ckpt.CONFIG, ckpt.VOCAB, ckpt.TRAIN_LOG):
         (tmp_path / "run" / name).write_text("{}\n")
-    again = cli.run(TRAIN_ARGS + ["--out", "run", "--max-steps", "3"], tmp_path)
+    again = cli_runner.run(TRAIN_ARGS + ["--out", "run", "--max-steps", "3"], tmp_path)
     assert again.returncode == 0, again.stderr
     assert [r["step"] for r in ckpt.read_metrics(tmp_path / "run", ckpt.TRAIN_LOG)] == [3]

@@ -13,12 +13,10 @@ from torch import nn
 
 from rnnlab.config import CELLS, ModelConfig, RunConfig, TrainConfig, resolve_config
 from rnnlab.errors import RnnlabError
-from rnnlab.models import language_model
-from rnnlab.models.cells import State, make_rnn, run_stack
+from rnnlab.lm import evaluation
+from rnnlab.lm.evaluation import eval_window, evaluate_stream, lm_metrics, perplexity
+from rnnlab.models.cells import State, make_rnn
 from rnnlab.models.language_model import RNNLanguageModel
-from rnnlab.training import lm_task
-from rnnlab.training.lm_task import eval_window, evaluate_stream
-from rnnlab.training.metrics import lm_metrics, perplexity
 from rnnlab.training.optim import make_optimizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -158,32 +156,38 @@ def test_eval_mode_is_deterministic_and_train_mode_applies_dropout() -> None:
 # --- dropout settings ----------------------------------------------------------------------
 
 
-def _stack_io(monkeypatch, model: RNNLanguageModel, tokens: torch.Tensor) -> dict[str, Any]:
-    """One train-mode pass, recording the recurrent stack's input and output (B, T, ...)."""
+def _stack_io(model: RNNLanguageModel, tokens: torch.Tensor) -> dict[str, Any]:
+    """One train-mode pass, recording the recurrent stack's input and output (B, T, ...).
+
+    The stack's input leaves the input dropout and its output enters the output dropout, on the
+    fast path and the plain one alike.
+    """
     seen: dict[str, Any] = {}
-
-    def recording(rnn, x, state):
-        seen["input"] = x.detach().clone()
-        out, state = run_stack(rnn, x, state)
-        seen["output"] = out.detach().clone()
-        return out, state
-
-    monkeypatch.setattr(language_model, "run_stack", recording)
-    seen["features"] = model.train().features(tokens)[0].detach()
+    hooks = [
+        model.input_dropout.register_forward_hook(
+            lambda module, args, out: seen.setdefault("input", out.detach().clone())),
+        model.output_dropout.register_forward_pre_hook(
+            lambda module, args: seen.setdefault("output", args[0].detach().clone())),
+    ]
+    try:
+        seen["features"] = model.train().features(tokens)[0].detach()
+    finally:
+        for hook in hooks:
+            hook.remove()
     with torch.no_grad():
         seen["encoded"] = model.encode(tokens)
-        seen["undropped"] = run_stack(model.rnn.eval(), seen["input"], None)[0]
+        seen["undropped"] = model.rnn.eval()(seen["input"])[0]
     return seen
 
 
 @pytest.mark.parametrize("where", ["input", "between", "output"])
-def test_each_dropout_setting_acts_only_in_its_own_place(monkeypatch, where: str) -> None:
+def test_each_dropout_setting_acts_only_in_its_own_place(where: str) -> None:
     rates = {"input_dropout": 0.0, "dropout": 0.0, "output_dropout": 0.0}
     rates[{"input": "input_dropout", "between": "dropout", "output": "output_dropout"}[where]] = 0.3
     model = _model(hidden_size=64, **rates)
     assert model.config.dropout_rates() == (rates["input_dropout"], rates["dropout"],
                                             rates["output_dropout"])
-    seen = _stack_io(monkeypatch, model, _tokens((B, 2 * T)))
+    seen = _stack_io(model, _tokens((B, 2 * T)))
     changed = {
         "input": not torch.equal(seen["input"], seen["encoded"]),
         "between": not torch.allclose(seen["output"], seen["undropped"], rtol=0, atol=1e-5),
@@ -283,7 +287,7 @@ def _nll_by_hand(model: RNNLanguageModel, ids: torch.Tensor) -> list[float]:
 def test_perplexity_is_exp_of_mean_nll_computed_by_hand(
     monkeypatch, output: str, cell: str, eval_rows: int
 ) -> None:
-    monkeypatch.setattr(lm_task, "EVAL_ROWS", eval_rows)
+    monkeypatch.setattr(evaluation, "EVAL_ROWS", eval_rows)
     model = _model(output=output, cutoffs=[5, 20], hidden_size=32, cell=cell).eval()
     n = 53  # 52 targets: batch 3 leaves a one-target tail, batch 7 a three-target tail
     ids = _tokens((n,), seed=5)

@@ -23,9 +23,9 @@ from rnnlab import checkpoint as ckpt
 from rnnlab import cli
 from rnnlab.config import ModelConfig
 from rnnlab.errors import RnnlabError
+from rnnlab.lm.task import LanguageModelTask
 from rnnlab.models.language_model import RNNLanguageModel
 from rnnlab.training import trainer as trainer_module
-from rnnlab.training.lm_task import LanguageModelTask
 from rnnlab.training.trainer import (
     MAX_BAD_STEPS,
     MAX_ROLLBACKS,

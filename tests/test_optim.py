@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from rnnlab import fast
 from rnnlab.training.optim import clipped_step, grad_norm
 
 
@@ -30,7 +31,13 @@ OPTIMIZERS = {
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 @pytest.mark.parametrize("max_norm", [0.25, 0.0, 1e6])  # clipped, no limit, under the limit
-def test_same_updates_as_clip_grad_norm_then_step(name, max_norm):
+@pytest.mark.parametrize("fast_on", [True, False])
+def test_same_updates_as_clip_grad_norm_then_step(name, max_norm, fast_on):
+    with fast.enabled_as(fast_on):
+        _compare_with_clip_grad_norm(name, max_norm)
+
+
+def _compare_with_clip_grad_norm(name: str, max_norm: float) -> None:
     ours, theirs = _model(), _model()
     opt_ours = OPTIMIZERS[name](ours.parameters())
     opt_theirs = OPTIMIZERS[name](theirs.parameters())
@@ -56,8 +63,8 @@ def test_plain_sgd_takes_the_clip_in_its_step_and_leaves_the_gradients_alone():
     norm = float(grad_norm([p.grad for p in model.parameters()]))
     assert norm > 1
     seen = []
-    clipped_step(optimizer, [p.grad for p in model.parameters()], norm, 1.0,
-                 lambda: seen.append(optimizer.param_groups[0]["lr"]) or optimizer.step())
+    fast.clipped_step(optimizer, [p.grad for p in model.parameters()], 1.0 / norm,
+                      lambda: seen.append(optimizer.param_groups[0]["lr"]) or optimizer.step())
     assert seen == [pytest.approx(0.5 / norm)]  # the step ran at the scaled rate ...
     assert optimizer.param_groups[0]["lr"] == 0.5  # ... which is restored afterwards
     for p, g in zip(model.parameters(), grads, strict=True):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from rnnlab.models.reference_lstm import (
+from reference_lstm import (
     ReferenceLSTM,
     ReferenceLSTMCell,
     from_torch,

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from rnnlab.config import CELLS, ModelConfig
-from rnnlab.models import cells
-from rnnlab.models.cells import make_rnn, run_stack
+from rnnlab.fast import stack
+from rnnlab.fast.stack import dropout, run_stack
+from rnnlab.models.cells import make_rnn
 from rnnlab.models.classifier import RNNClassifier
-from rnnlab.models.regularization import dropout
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -64,7 +64,7 @@ def test_layer_by_layer_stack_equals_the_stack(cell: str, with_state: bool,
     if with_state:
         h = torch.randn(3, 2, 8)
         state = (h, torch.randn(3, 2, 8)) if cell == "lstm" else h
-    monkeypatch.setattr(cells, "dropout", lambda t, p: t)
+    monkeypatch.setattr(stack, "dropout", lambda t, p: t)
     out, new_state = run_stack(rnn, x, state)
     ref, ref_state = plain(x, state)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
@@ -93,7 +93,7 @@ def test_layer_by_layer_stack_with_pytorchs_mask_reproduces_the_stack_in_trainin
     x = torch.randn(2, 5, 6)
     torch.manual_seed(5)
     ref, _ = rnn(x)
-    monkeypatch.setattr(cells, "dropout", pytorch_dropout)
+    monkeypatch.setattr(stack, "dropout", pytorch_dropout)
     torch.manual_seed(5)
     out, _ = run_stack(rnn, x, None)
     assert torch.equal(out, ref)

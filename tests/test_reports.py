@@ -32,6 +32,7 @@ def test_training_writes_learning_curve_points(tiny_run: Path) -> None:
     assert {"loss", "lr", "tokens_per_s", "elapsed"} <= set(records[0])
 
 
+@pytest.mark.slow
 def test_plot_writes_a_png(tiny_run: Path, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     out = plot_runs([tiny_run, tiny_run], tmp_path / "curves.png")
@@ -67,3 +68,40 @@ def test_runs_reports_a_broken_run_without_failing(tiny_run: Path, tmp_path: Pat
     rows = list_runs(tmp_path)
     assert rows == [{"run": str(broken), "error": f"{broken / 'config.json'} is corrupted "
                                                   "(not valid JSON)"}]
+
+
+def test_lm_report_puts_valid_beside_the_baselines_and_then_test() -> None:
+    from rnnlab.reports import lm_report
+
+    report = {"valid_ppl": 12.3456, "unigram_ppl": 80.0, "true_ppl": 10.0,
+              "entropy_rate_ppl": 9.5, "test": {"ppl": 13.0, "bits": 3.7004}}
+    assert lm_report(report).splitlines() == [
+        "valid ppl 12.35 (best checkpoint) | unigram baseline 80.00 | true source ppl 10.00 on "
+        "valid (entropy rate: 9.50) | model / true = 1.235",
+        "test ppl 13.00 | 3.7004 bits per token",
+    ]
+    assert lm_report({"valid_ppl": 5.0, "unigram_ppl": 6.0}) == (
+        "valid ppl 5.00 (best checkpoint) | unigram baseline 6.00")
+
+
+def test_classifier_report_is_a_table_with_the_confusion_matrix() -> None:
+    from rnnlab.reports import classifier_report
+
+    report = {"examples": 1200, "accuracy": 0.75, "loss": 0.5, "macro_f1": 0.7,
+              "labels": ["neg", "pos"], "confusion": [[500, 100], [200, 400]],
+              "per_class": {"neg": {"precision": 0.7, "recall": 0.8, "f1": 0.75, "support": 600},
+                            "pos": {"precision": 0.8, "recall": 0.6, "f1": 0.69, "support": 600}}}
+    lines = classifier_report(report, "test").splitlines()
+    assert lines[0] == ("test split: 1,200 examples | accuracy 0.7500 | loss 0.5000 | "
+                        "macro F1 0.7000")
+    assert lines[2].split() == ["neg", "0.7000", "0.8000", "0.7500", "600"]
+    assert lines[-1].split() == ["pos", "200", "400"]
+
+
+def test_config_keys_mark_the_keys_of_one_task() -> None:
+    from rnnlab.reports import config_keys
+
+    lines = {line.split()[0]: line for line in config_keys().splitlines()}
+    assert lines["data.bptt"].endswith("(lm only)")
+    assert lines["model.pooling"].endswith("(classify only)")
+    assert "only" not in lines["train.lr"]

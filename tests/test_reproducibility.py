@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import platform
 import random
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -20,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import rnnlab
+from cli_harness import shared_runner
 from rnnlab import checkpoint as ckpt
 from rnnlab import cli
 from rnnlab.training import callbacks as callbacks_module
@@ -58,19 +57,17 @@ def cli_args(out: str) -> list[str]:
     return args
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers_in_two_processes_and_run_json_says_how(tmp_path: Path) -> None:
     write_corpus(tmp_path / "corpus.txt")
-    procs = []
-    for name, hash_seed in (("a", "1"), ("b", "2")):
-        # Different hash seeds: nothing (vocabulary order, say) may depend on set/dict hashing.
-        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "OMP_NUM_THREADS": "1"}
-        env.pop("RNNLAB_DEBUG", None)
-        procs.append(subprocess.Popen([sys.executable, "-m", "rnnlab", *cli_args(name)],
-                                      cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-    for proc in procs:  # both run at once: 2 cores, and the test takes half the time
-        out, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, err
+    # Fresh interpreters with different hash seeds: nothing (vocabulary order, say) may depend
+    # on set/dict hashing. Both run at once: the test then takes half the time on 2 cores.
+    runner = shared_runner(cold=True)
+    procs = [runner.start(cli_args(name), tmp_path, env={"PYTHONHASHSEED": hash_seed})
+             for name, hash_seed in (("a", "1"), ("b", "2"))]
+    for proc in procs:
+        result = proc.wait(timeout=180)
+        assert result.returncode == 0, result.stderr
     a, b = tmp_path / "a", tmp_path / "b"
     metrics = ckpt.read_metrics(a)
     assert len(metrics) >= 4

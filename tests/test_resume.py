@@ -6,7 +6,7 @@ The comparison is strict: every tensor of the best and the last weights is ``tor
 every value of metrics.jsonl and train_log.jsonl is identical, except wall-clock fields.
 
 To save time on 2 cores, the uninterrupted run trains in this process while the interrupted one
-starts up, and the resume runs in a child of a warm interpreter (cli_harness.py).
+starts up, and the resume runs in a child of the warm server of cli_harness.py.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,14 +27,14 @@ import torch
 from safetensors.torch import load_file
 
 import rnnlab
-from cli_harness import CliRunner, shared_runner
+from cli_harness import CliRunner, Result, shared_runner
 from rnnlab import checkpoint as ckpt
 
 # Wall-clock fields differ between any two runs; everything else must not.
 TIMING = {"elapsed", "eval_seconds"}
 
-# A tiny LM on the built-in synthetic corpus: 75 steps per epoch at a few ms per step, so a
-# run lasts long enough (~1 s of training) for the signal to land mid-run.
+# A tiny LM on the built-in synthetic corpus: 75 steps per epoch, so a run lasts long enough
+# for the signal to land mid-run.
 LM_BASE: dict[str, Any] = {
     "data.corpus": "synthetic", "data.synthetic_tokens": 6_000, "data.batch_size": 8,
     "data.bptt": 10, "data.eval_batch_size": 8, "model.cell": "lstm", "model.embedding_dim": 16,
@@ -67,56 +65,45 @@ def set_args(overrides: dict[str, Any]) -> list[str]:
     return args
 
 
-def cli_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
-    env.pop("RNNLAB_DEBUG", None)
-    return env
-
-
 class Interrupter(threading.Thread):
-    """Start ``python -m rnnlab ARGS``, poll the file system for its first checkpoint (with a
-    deadline), then send it SIGINT as Ctrl-C would; the outcome lands in ``result``/``failure``.
+    """Start a real ``python -m rnnlab ARGS`` process, poll the file system for its first
+    checkpoint (with a deadline), then send it SIGINT as Ctrl-C would; the outcome lands in
+    ``result``/``failure``.
 
     It runs in a thread so that the reference run can train meanwhile.
     """
 
     def __init__(self, args: list[str], run: Path, cwd: Path, within: float = 120.0):
         super().__init__(daemon=True)
-        self.command = [sys.executable, "-m", "rnnlab", *args]
+        self.args = args
         self.run_dir, self.cwd, self.within = run, cwd, within
-        self.result: subprocess.CompletedProcess[str] | None = None
+        self.result: Result | None = None
         self.failure: str | None = None
 
     def run(self) -> None:
-        proc = subprocess.Popen(self.command, cwd=self.cwd, env=cli_env(), text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = shared_runner(cold=True).start(self.args, self.cwd)
         deadline = time.monotonic() + self.within
         while not (self.run_dir / ckpt.TRAINER).exists():
-            if proc.poll() is not None:
-                self.failure = f"training ended (rc {proc.returncode}) before its first checkpoint"
+            if proc.poll():
+                self.failure = "training ended before its first checkpoint"
                 break
             if time.monotonic() > deadline:
-                proc.kill()
+                proc.send_signal(signal.SIGKILL)
                 self.failure = f"no checkpoint within {self.within} s"
                 break
             time.sleep(0.002)
         else:
             proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=self.within)
-        self.result = subprocess.CompletedProcess(self.command, proc.returncode, out, err)
+        self.result = proc.wait(timeout=self.within)
+        if self.failure:
+            self.failure += f" (rc {self.result.returncode})"
 
-    def outcome(self) -> subprocess.CompletedProcess[str]:
+    def outcome(self) -> Result:
         self.join(timeout=2 * self.within)
         assert self.result is not None, "the interrupted run did not finish"
         if self.failure:
             pytest.fail(f"{self.failure}:\n{self.result.stderr}")
         return self.result
-
-
-@pytest.fixture(scope="module")
-def cli() -> CliRunner:
-    return shared_runner()
 
 
 def comparable(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -145,7 +132,7 @@ def assert_same_run(resumed: Path, uninterrupted: Path) -> None:
     assert not list(resumed.glob(".*.tmp")), "temporary files left behind"
 
 
-def check_interrupted(result: subprocess.CompletedProcess[str], run: Path) -> int:
+def check_interrupted(result: Result, run: Path) -> int:
     """Exit status 130 and a resume hint on stderr; returns the step it stopped at."""
     assert result.returncode == 130, result.stderr
     assert f"rnnlab train --resume {run.name}" in result.stderr, result.stderr
@@ -155,9 +142,10 @@ def check_interrupted(result: subprocess.CompletedProcess[str], run: Path) -> in
     return state["step"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", list(LM_VARIANTS))
 def test_lm_interrupted_by_sigint_then_resumed_equals_uninterrupted(
-        cli: CliRunner, tmp_path: Path, variant: str) -> None:
+        cli_runner: CliRunner, tmp_path: Path, variant: str) -> None:
     overrides = {**LM_BASE, **LM_VARIANTS[variant]}
     cut = tmp_path / "cut"
     interrupter = Interrupter(["train", "--preset", "synthetic", *set_args(overrides), "--out",
@@ -171,7 +159,8 @@ def test_lm_interrupted_by_sigint_then_resumed_equals_uninterrupted(
     steps_per_epoch = 75
     assert 0 < stopped_at < overrides["train.epochs"] * steps_per_epoch
 
-    resumed = cli.run(["train", "--resume", cut.name, "--samples", "0", "--no-plot"], tmp_path)
+    resumed = cli_runner.run(["train", "--resume", cut.name, "--samples", "0", "--no-plot"],
+                             tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "stopped: epochs" in resumed.stdout
     assert_same_run(cut, full.run_dir)
@@ -202,9 +191,10 @@ CLASSIFY: dict[str, Any] = {
 }
 
 
+@pytest.mark.slow
 def test_classifier_interrupted_by_sigint_then_resumed_equals_uninterrupted(
-        cli: CliRunner, tmp_path: Path) -> None:
-    pytest.importorskip("rnnlab.training.classify_task")
+        cli_runner: CliRunner, tmp_path: Path) -> None:
+    pytest.importorskip("rnnlab.classify.task")
     data = write_reviews(tmp_path / "reviews.csv")
     overrides = {**CLASSIFY, "data.train": data.name}
     cut = tmp_path / "cut"
@@ -216,18 +206,19 @@ def test_classifier_interrupted_by_sigint_then_resumed_equals_uninterrupted(
     stopped_at = check_interrupted(interrupter.outcome(), cut)
     assert stopped_at < 3 * 30  # 480 training reviews / 16 = 30 steps per epoch
 
-    resumed = cli.run(["train", "--resume", cut.name, "--no-plot"], tmp_path)
+    resumed = cli_runner.run(["train", "--resume", cut.name, "--no-plot"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(cut, full.run_dir)
     assert json.loads((cut / ckpt.VOCAB).read_text()) == json.loads(
         (full.run_dir / ckpt.VOCAB).read_text())
 
 
+@pytest.mark.slow
 def test_variable_bptt_epochs_end_when_their_windows_run_out(tmp_path: Path) -> None:
     # Every epoch of variable BPTT has its own number of windows. The run must train on exactly
-    # all of them, epoch after epoch (counting epoch 0's windows instead once hung forever on a
-    # shorter epoch and skipped the tail of a longer one), or a resumed position means nothing.
-    from rnnlab.training.runner import build_lm_task
+    # all of them, epoch after epoch (counting epoch 0's windows instead would hang on a
+    # shorter epoch and skip the tail of a longer one), or a resumed position means nothing.
+    from rnnlab.lm.task import build_lm_task
 
     overrides = {**LM_BASE, "data.variable_bptt": True, "train.epochs": 4,
                  "data.synthetic_tokens": 4000, "train.log_every": 0}

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from rnnlab.models import softmax_loss
-from rnnlab.models.softmax_loss import linear_cross_entropy
+from rnnlab.fast import softmax_loss
+from rnnlab.fast.softmax_loss import linear_cross_entropy
 
 
 def _grads(loss_fn, features, weight, bias, targets, reduction):
@@ -26,7 +26,7 @@ def _plain(features, weight, bias, targets, reduction):
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("block", [7, 0])  # several blocks with a ragged last one; one matmul
 def test_matches_pytorch_values_and_gradients(monkeypatch, reduction, with_bias, block):
-    monkeypatch.setattr(softmax_loss, "VOCAB_BLOCK", block)
+    monkeypatch.setattr(softmax_loss, "vocab_block", lambda: block)
     gen = torch.Generator().manual_seed(0)
     features = torch.randn(40, 12, generator=gen)
     weight = torch.randn(30, 12, generator=gen) * 3  # peaked: some log-probs far below -87

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rnnlab.config import ModelConfig
+from rnnlab.fast.stepper import TokenStepper
 from rnnlab.models.language_model import RNNLanguageModel
-from rnnlab.models.stepper import TokenStepper
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -18,7 +18,7 @@ def language() -> SyntheticLanguage:
 
 @pytest.fixture(scope="module")
 def long_sample(language: SyntheticLanguage) -> list[str]:
-    # ~1 s; shared by the tests that need many tokens.
+    # Sampled once: shared by the tests that need many tokens.
     return language.sample(200_000, seed=1)
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from rnnlab.config import DataConfig
-from rnnlab.data.lm_data import load_lm_data
 from rnnlab.data.text import (
     char_tokens,
     read_text,
@@ -19,6 +18,7 @@ from rnnlab.data.text import (
 )
 from rnnlab.data.vocab import EOS
 from rnnlab.errors import RnnlabError
+from rnnlab.lm.data import load_lm_data
 
 
 def _expect_error(path: Path, match: str) -> None:

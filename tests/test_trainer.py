@@ -23,9 +23,9 @@ import rnnlab
 from rnnlab import checkpoint as ckpt
 from rnnlab.api import LanguageModel
 from rnnlab.config import RunConfig
-from rnnlab.data.lm_data import load_lm_data
 from rnnlab.errors import RnnlabError
-from rnnlab.training.metrics import unigram_nll
+from rnnlab.lm.data import load_lm_data
+from rnnlab.lm.evaluation import unigram_nll
 from rnnlab.training.trainer import Callback, Trainer, TrainingInterrupted, TrainResult
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -315,6 +315,7 @@ RESUME_SETTINGS: dict[str, Any] = {
 }
 
 
+@pytest.mark.slow
 def test_resume_with_a_longer_budget_is_bit_identical_to_an_uninterrupted_run(
         train_tiny: TrainTiny) -> None:
     n, k = 45, 15  # about 60 steps per epoch at batch 32: the resumed part crosses no epoch
@@ -329,6 +330,7 @@ def test_resume_with_a_longer_budget_is_bit_identical_to_an_uninterrupted_run(
     assert _comparable(resumed.metrics) == _comparable(full.metrics)
 
 
+@pytest.mark.slow
 def test_resume_across_an_epoch_boundary_is_bit_identical(train_tiny: TrainTiny) -> None:
     settings = {**RESUME_SETTINGS, "data__synthetic_tokens": 8000}  # ~25 steps per epoch
     n, k = 40, 10
@@ -351,6 +353,7 @@ class _InterruptAt(Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
+@pytest.mark.slow
 def test_resume_after_ctrl_c_mid_epoch_is_bit_identical(train_tiny: TrainTiny) -> None:
     # A cosine schedule with warm-up depends on the whole budget, so this run keeps its config.
     settings = {"train__max_steps": 30, "train__eval_every": 12, "train__schedule": "cosine",
@@ -382,9 +385,10 @@ def test_train_refuses_to_overwrite_a_run(train_tiny: TrainTiny) -> None:
 # --- learning --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_on_synthetic_gets_within_10_percent_of_the_true_perplexity(
         tmp_path: Path) -> None:
-    # ~15 s on 2 shared cores: 2 epochs of 200k tokens through a 1 x 128 LSTM (tied, projected).
+    # Long enough to learn the language: 2 epochs of 200k tokens through a 1 x 128 LSTM.
     overrides = {
         "data.synthetic_tokens": 200_000, "model.hidden_size": 128, "model.embedding_dim": 64,
         "model.dropout": 0.0, "train.epochs": 2, "train.lr": 5e-3, "train.device": "cpu",
@@ -406,7 +410,7 @@ def test_training_on_synthetic_gets_within_10_percent_of_the_true_perplexity(
 
 _HEAP_SCRIPT = """
 import ctypes, sys, torch
-from rnnlab.runtime import keep_freed_memory
+from rnnlab.fast.memory import keep_freed_memory
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
         "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split())]
@@ -434,6 +438,7 @@ def _untuned_malloc_env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
                     reason="mallopt is glibc's")
 @pytest.mark.parametrize("mode", ["default", "keep"])

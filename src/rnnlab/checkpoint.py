@@ -25,6 +25,7 @@ import os
 import pickle
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from torch import nn
 # The writer lives in rnnlab.atomic, shared with the data files; re-exported for callers here.
 from rnnlab.atomic import atomic_open, atomic_write_bytes, atomic_write_text  # noqa: F401
 from rnnlab.config import RunConfig
+from rnnlab.data.vocab import Vocab
 from rnnlab.errors import RnnlabError
 
 CONFIG = "config.json"
@@ -184,6 +186,38 @@ def load_config(run_dir: str | Path) -> RunConfig:
     if not isinstance(raw, dict):
         raise RnnlabError(f"{path} is corrupted (not a JSON object)")
     return RunConfig.from_dict(raw, source=str(path)).validate()
+
+
+def weights_path(run_dir: Path, which: str) -> Path:
+    """The weights a loaded model uses: ``"best"`` (on validation) or the ``"last"`` checkpoint."""
+    if which == "best":
+        path = run_dir / BEST
+        if not path.exists():
+            raise RnnlabError(f"{run_dir} has no {BEST} yet (no evaluation finished)")
+        return path
+    if which == "last":
+        state = load_trainer_state(run_dir / TRAINER)
+        return run_dir / state["weights"]
+    raise RnnlabError(f"weights must be 'best' or 'last', got {which!r}")
+
+
+def save_artifacts(run_dir: str | Path, vocab: Vocab,
+                   label_names: Sequence[str] | None = None) -> None:
+    """Write ``RUN/vocab.json``: the vocabulary, plus ``labels`` (class names by class id) for a
+    classifier. ``Vocab.load`` reads either as a plain vocabulary, ignoring ``labels``."""
+    payload = vocab.to_dict()
+    if label_names is not None:
+        payload["labels"] = list(label_names)
+    atomic_write_text(Path(run_dir) / VOCAB, json.dumps(payload, ensure_ascii=False))
+
+
+def load_artifacts(run_dir: str | Path) -> tuple[Vocab, list[str] | None]:
+    """The vocabulary and the class names written by :func:`save_artifacts` (``None`` for a
+    run that saved none, as a language model's does)."""
+    path = Path(run_dir) / VOCAB
+    vocab = Vocab.load(path)
+    labels = json.loads(path.read_text(encoding="utf-8")).get("labels")
+    return vocab, [str(label) for label in labels] if isinstance(labels, list) else None
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:

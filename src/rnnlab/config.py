@@ -98,7 +98,14 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Where the text comes from and how it is cut into batches."""
+    """Where the text comes from and how it is cut into batches.
+
+    Carving a validation set, for both tasks: one file (``--text``, or a corpus shipped as one
+    file) is cut into train/valid[/test] by the ``split`` fractions; a training set that comes
+    without a validation set (``--train`` without ``--valid``, or a corpus such as imdb) gives
+    up its share: a language model's by ``split`` (contiguous text), a classifier's by
+    ``valid_fraction`` (stratified by label, seeded by ``train.seed``).
+    """
 
     corpus: str | None = "synthetic"  # a known corpus; None when files are given
     train: str | None = None
@@ -173,6 +180,8 @@ class TrainConfig:
     threads: int = 0  # 0: PyTorch's default
     device: str = "auto"
     precision: str = "fp32"
+    # The CPU fast paths (rnnlab.fast); false runs plain PyTorch, as does RNNLAB_FAST=0.
+    fast: bool = True
     # A finished run to start from: its embeddings (matched by word) and, with init_recurrent,
     # its same-shaped recurrent weights, e.g. a language model trained on unlabelled text.
     init_from: str | None = None
@@ -224,6 +233,36 @@ class RunConfig:
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+# Keys that mean something for one task only, with that task.
+TASK_ONLY: dict[str, str] = {
+    "model.tie_weights": "lm", "model.input": "lm", "model.output": "lm", "model.cutoffs": "lm",
+    "data.bptt": "lm", "data.variable_bptt": "lm", "data.synthetic_tokens": "lm",
+    "model.bidirectional": "classify", "model.pooling": "classify",
+    "data.text_field": "classify", "data.label_field": "classify", "data.max_length": "classify",
+    "data.valid_fraction": "classify",
+}
+# Values besides the default that still mean "unused" for the other task: a classifier ties no
+# weights, so `tie_weights = false` (as the imdb presets write it) is what it does anyway.
+_INERT: dict[str, Any] = {"model.tie_weights": False}
+
+
+def check_task_fields(config: RunConfig, named: dict[str, str]) -> None:
+    """Refuse a value set for the other task's keys (``named``: key -> where it was set).
+
+    Only a value that differs from the field's default counts, so that a preset copied whole
+    into a config file, or a default written out, stays valid for either task.
+    """
+    for key, source in named.items():
+        owner = TASK_ONLY.get(key)
+        if owner is None or owner == config.task:
+            continue
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        default = getattr(SECTIONS[section](), name)
+        if value != default and not (key in _INERT and value == _INERT[key]):
+            raise RnnlabError(f"{source}: {key} is for --task {owner} only, and this run's "
+                              f"task is {config.task}")
 
 
 def _strip_header(raw: dict[str, Any], source: str) -> dict[str, Any]:
@@ -419,10 +458,16 @@ def resolve_config(
         probe = RunConfig()
         _apply_layers(probe, layers)
         preset = default_preset(probe.task, probe.data.level, probe.data.corpus)
-    config = RunConfig.from_dict(read_preset(preset), source=f"preset {preset}")
+    raw = _strip_header(read_preset(preset), f"preset {preset}")
+    config = RunConfig.from_dict(raw, source=f"preset {preset}")
     config.preset = preset
     _apply_layers(config, layers)
-    return config.validate()
+    # The last layer to name a key is the one to blame for its value.
+    named = {canonical_key(k, s): s for s, values in [(f"preset {preset}", _flatten(raw)),
+                                                      *layers] for k in values}
+    config.validate()
+    check_task_fields(config, named)
+    return config
 
 
 def _apply_layers(config: RunConfig, layers: list[tuple[str, dict[str, Any]]]) -> None:

@@ -22,9 +22,10 @@ How a run is shared out:
   A run may therefore resume with a different number of processes.
 
 Tasks: one whose state is carried per row of the batch (the language model's hidden state)
-defines ``shard(rank, world)`` and then yields only its rows; for any other task (the classifier)
-the Trainer cuts each global batch with :func:`local_batch`, which needs every tensor of a batch
-to hold one row per example along dimension 0.
+takes its rows in ``shard(rank, world)`` (returning True) and then yields only them; for a task
+whose ``shard`` returns False (the classifier) the Trainer cuts each global batch with
+:func:`local_batch`, which needs every tensor of a batch to hold one row per example along
+dimension 0.
 
 Dropout: each rank other than 0 reseeds its random stream (:func:`seed_rank`), so a
 multi-process run is reproducible but draws other masks than a one-process run; the two agree to
@@ -251,8 +252,8 @@ def local_batch(batch: Any, rank: int, world: int) -> tuple[Any, float]:
     sizes = {t.shape[0] for t in _tensors(batch) if t.dim() > 0}
     if len(sizes) != 1:
         raise RnnlabError("cannot share this batch across processes: its tensors do not agree on "
-                          "the number of examples (dimension 0); give the task a "
-                          "shard(rank, world) method that yields this rank's batches itself")
+                          "the number of examples (dimension 0); make the task's "
+                          "shard(rank, world) take this rank's batches itself")
     total = sizes.pop()
     rows = row_slice(total, rank, world)
     weight = (rows.stop - rows.start) * world / total

@@ -1,13 +1,140 @@
-"""Seeing runs: learning-curve plots and a table of the runs in a folder."""
+"""What the terminal shows: run summaries, evaluation reports, samples, tables and plots.
+
+Each function returns text (or writes a PNG); the CLI decides where it goes.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rnnlab import checkpoint as ckpt
+from rnnlab.config import SECTIONS, TASK_ONLY, RunConfig
 from rnnlab.errors import RnnlabError
+
+if TYPE_CHECKING:
+    from rnnlab.lm.inference import LanguageModel
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def run_header(config: RunConfig, out: str | None) -> str:
+    data = config.data.corpus or config.data.text or config.data.train
+    return (f"run: {out or '(default)'} | task {config.task} | preset {config.preset} | "
+            f"data {data}")
+
+
+def run_summary(result: Any) -> str:
+    """Where a finished run lives and why it stopped (a ``TrainResult``)."""
+    return (f"run directory: {result.run_dir}\n"
+            f"stopped: {result.stop_reason} after {result.steps} steps, "
+            f"{result.elapsed:.1f} s of training")
+
+
+def budget_line(minutes: float, used_minutes: float) -> str:
+    return (f"budget: {minutes:g} minutes in total, {used_minutes:.1f} already used, "
+            f"{max(minutes - used_minutes, 0):.1f} left")
+
+
+def lm_report(report: dict[str, Any]) -> str:
+    """Best valid perplexity beside the baselines, and test perplexity (see
+    ``runner.lm_final_report`` for the keys)."""
+    valid = report["valid_ppl"]
+    line = f"valid ppl {valid:.2f} (best checkpoint) | unigram baseline {report['unigram_ppl']:.2f}"
+    if "true_ppl" in report:
+        true_ppl = report["true_ppl"]
+        line += (f" | true source ppl {true_ppl:.2f} on valid (entropy rate: "
+                 f"{report['entropy_rate_ppl']:.2f}) | model / true = {valid / true_ppl:.3f}")
+    lines = [line]
+    if "test" in report:
+        test = report["test"]
+        lines.append(f"test ppl {test['ppl']:.2f} | {test['bits']:.4f} bits per token")
+    return "\n".join(lines)
+
+
+def lm_samples(lm: LanguageModel, count: int) -> list[str]:
+    """``count`` short samples at temperature 0.8, never the unknown symbol, one per line."""
+    if count <= 0:
+        return []
+    vocab = lm.vocab
+    prime = "" if vocab.level == "word" else ("\n" if "\n" in vocab else vocab.itos[1])
+    texts = lm.generate(prime, 30 if vocab.level == "word" else 200, num_samples=count,
+                        temperature=0.8, seed=1, skip=[vocab.unk] if vocab.unk else [])
+    return [f"sample {i + 1}: {text.strip()}" for i, text in enumerate(texts)]
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+
+def lm_eval_report(metrics: dict[str, Any], what: str, level: str, unk: str | None) -> str:
+    """Loss, perplexity and bits of a language model on ``what`` (a split or a file)."""
+    unit = "character" if level == "char" else "token"
+    lines = [f"{what}: {metrics['tokens']:,} target {unit}s, batch size {metrics['batch_size']}",
+             f"loss {metrics['loss']:.4f} nats/{unit} | ppl {metrics['ppl']:.2f} | "
+             f"{metrics['bits']:.4f} bits/{unit}"]
+    if "unknown" in metrics:
+        lines.append(f"unknown {unit}s mapped to {unk}: {metrics['unknown']:,}")
+    return "\n".join(lines)
+
+
+def classifier_report(report: dict[str, Any], split: str) -> str:
+    """Accuracy, loss, macro F1, a per-class precision/recall/F1 table and the confusion matrix."""
+    lines = [f"{split} split: {report['examples']:,} examples | accuracy "
+             f"{report['accuracy']:.4f} | loss {report['loss']:.4f} | "
+             f"macro F1 {report['macro_f1']:.4f}"]
+    width = max(len(n) for n in report["labels"]) + 2
+    lines.append(f"{'class':{width}} precision  recall     f1  support")
+    for name in report["labels"]:
+        row = report["per_class"][name]
+        lines.append(f"{name:{width}} {row['precision']:9.4f} {row['recall']:7.4f} "
+                     f"{row['f1']:6.4f} {row['support']:8d}")
+    lines.append("confusion matrix (rows = true, columns = predicted):")
+    lines.append(" " * width + " ".join(f"{n:>8}" for n in report["labels"]))
+    for name, row in zip(report["labels"], report["confusion"], strict=True):
+        lines.append(f"{name:{width}}" + " ".join(f"{v:8d}" for v in row))
+    return "\n".join(lines)
+
+
+def config_keys() -> str:
+    """Every key that ``--set``, config files and presets accept: type, default, task."""
+    defaults = RunConfig()
+    rows = [("task", "str", defaults.task), ("preset", "str | None", None)]
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            kind = str(hint) if typing.get_args(hint) else hint.__name__  # list[int], str
+            rows.append((f"{section}.{f.name}", kind,
+                         getattr(getattr(defaults, section), f.name)))
+    lines = []
+    for key, kind, value in rows:
+        shown = "none" if value is None else json.dumps(value)
+        only = f"  ({TASK_ONLY[key]} only)" if key in TASK_ONLY else ""
+        lines.append(f"{key:26} {kind:14} {shown}{only}")
+    return "\n".join(lines)
+
+
+def presets_table(presets: dict[str, dict[str, Any]]) -> str:
+    """One line per preset (name -> its raw TOML table): name, task, description."""
+    return "\n".join(f"{name:14} {raw.get('task', 'lm'):9} {raw.get('description', '')}"
+                     for name, raw in presets.items())
+
+
+def corpora_table(corpora: dict[str, Any], root: Path) -> str:
+    """One line per known corpus (whether its files are under ``root``), then ``root``."""
+    lines = []
+    for name, corpus in sorted(corpora.items()):
+        present = all((root / f.path).exists() for f in corpus.files)
+        state = "built-in" if not corpus.files else ("present" if present else "not downloaded")
+        lines.append(f"{name:16} {corpus.task:9} {state:15} {corpus.description}")
+    return "\n".join([*lines, f"data directory: {root}"])
+
+
+# --- runs --------------------------------------------------------------------------------------
 
 
 def _rate_key(record: dict[str, Any]) -> str | None:

@@ -1,6 +1,7 @@
-"""Contiguous-stream batching for language models (truncated BPTT).
+"""Batching: contiguous streams for language models (truncated BPTT), and length-bucketed
+batches of whole examples for classifiers.
 
-The token stream is cut into ``B`` equal contiguous streams laid side by side::
+For a language model the token stream is cut into ``B`` equal contiguous streams laid side by side::
 
     stream:  a b c d e f g h i j k l m n o p q r s t u v w x y z
     B = 4:   row 0: a b c d e f        windows of bptt = 3 over columns:
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 from rnnlab.errors import RnnlabError
@@ -73,3 +75,31 @@ def windows(
             streams[:, position + 1 : position + 1 + length],
         )
         position += length
+
+
+def bucket_batches(
+    lengths: torch.Tensor | np.ndarray, batch_size: int, seed: int, epoch: int, *,
+    chunk_batches: int = 50,
+) -> list[np.ndarray]:
+    """One epoch's batches of example indices, each batch of similar lengths.
+
+    The examples are shuffled, cut into chunks of ``chunk_batches`` batches, sorted by length
+    within each chunk (little padding, yet batches still differ from epoch to epoch), batched,
+    and the batches shuffled. A pure function of (seed, epoch); every example appears once.
+    """
+    lengths = np.asarray(lengths)
+    rng = np.random.default_rng([seed % 2**63, epoch])
+    order = rng.permutation(lengths.size)
+    chunk = batch_size * chunk_batches
+    batches = []
+    for start in range(0, order.size, chunk):
+        part = order[start : start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i : i + batch_size] for i in range(0, part.size, batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def sorted_batches(lengths: torch.Tensor | np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Fixed evaluation batches: all examples by length (longest first), no shuffling."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i : i + batch_size] for i in range(0, order.size, batch_size)]

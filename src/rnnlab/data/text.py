@@ -1,4 +1,5 @@
-"""Reading text files and cutting them into tokens."""
+"""Reading text files and cutting them into tokens: a language model's words or characters,
+and a classifier's lower-cased words and punctuation."""
 
 from __future__ import annotations
 
@@ -51,7 +52,26 @@ def char_tokens(text: str) -> list[str]:
 
 
 def tokenize(text: str, level: str) -> list[str]:
+    """A language model's tokens of ``text`` at ``level`` (``"word"`` or ``"char"``)."""
     return char_tokens(text) if level == "char" else word_tokens(text)
+
+
+_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+# A word is a run of letters/digits/underscores, with apostrophes allowed *inside* it ("don't",
+# "rock'n'roll" stay one token); every other non-space character is a token of its own.
+_CLASSIFIER_TOKEN = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
+_QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'"})
+
+
+def classifier_tokens(text: str) -> list[str]:
+    """A classifier's tokens: lower-cased words and punctuation, without markup or ``<eos>``.
+
+    Unlike :func:`word_tokens`, which keeps a corpus's own tokenisation, this reads raw reviews:
+    HTML line breaks (``<br />``, ``<br/>``, ``<br>``) become spaces, curly apostrophes become
+    ``'``, apostrophes inside words are kept (``"don't"`` is one token) and every other
+    punctuation character is split off on its own: ``"Great!!"`` -> ``great ! !``.
+    """
+    return _CLASSIFIER_TOKEN.findall(_BREAK.sub(" ", text).lower().translate(_QUOTES))
 
 
 def split_text(text: str, fractions: list[float], level: str) -> list[str]:

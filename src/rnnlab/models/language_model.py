@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from rnnlab import fast
 from rnnlab.config import ModelConfig
-from rnnlab.models.cells import State, make_rnn, run_stack
+from rnnlab.models.cells import State, make_rnn
 from rnnlab.models.regularization import LockedDropout, embedding_dropout
-from rnnlab.models.softmax_loss import linear_cross_entropy
 
 
 class RNNLanguageModel(nn.Module):
@@ -19,6 +20,9 @@ class RNNLanguageModel(nn.Module):
     skip the clusters a batch does not need. With ``tie_weights`` the decoder shares the embedding
     matrix (Press & Wolf, 2017; Inan et al., 2017); when the hidden size differs from the embedding
     size a linear projection bridges them.
+
+    The recurrent stack and the loss each have a fast path (see ``rnnlab.fast``) behind one
+    ``if fast.enabled()``; the code past that branch is the plain computation it stands for.
     """
 
     def __init__(self, config: ModelConfig, vocab_size: int):
@@ -71,7 +75,10 @@ class RNNLanguageModel(nn.Module):
     ) -> tuple[torch.Tensor, State]:
         """(B, T) ids -> (B, T, D) inputs of the output layer, and the new state."""
         x = self.input_dropout(self.encode(tokens))  # (B, T, E)
-        out, state = run_stack(self.rnn, x, state)  # (B, T, H)
+        if fast.enabled():  # fast path: the stack layer by layer on a CPU (rnnlab.fast.stack)
+            out, state = fast.run_stack(self.rnn, x, state)
+        else:
+            out, state = self.rnn(x, state)  # (B, T, H)
         out = self.output_dropout(out)
         if self.projection is not None:
             out = self.projection(out)  # (B, T, E)
@@ -91,17 +98,19 @@ class RNNLanguageModel(nn.Module):
     ) -> tuple[torch.Tensor, State]:
         """Negative log-likelihood of ``targets`` (B, T) given ``tokens`` (B, T), in nats.
 
-        ``logits_buffer``: storage the full softmax may reuse for its logits when no gradient is
-        wanted (see ``linear_cross_entropy``); ignored otherwise.
+        ``logits_buffer``: storage the fast full softmax may reuse for its logits when no
+        gradient is wanted (see ``fast.logits_buffer``); ignored otherwise.
         """
-        out, state = self.features(tokens, state)
-        flat, goal = out.flatten(0, 1), targets.flatten()
+        out, state = self.features(tokens, state)  # (B, T, D)
         if self.adaptive is not None:
-            token_nll = -self.adaptive(flat, goal).output
+            token_nll = -self.adaptive(out.flatten(0, 1), targets.flatten()).output
             return (token_nll.mean() if reduction == "mean" else token_nll.sum()), state
-        loss = linear_cross_entropy(flat, self.decoder.weight, self.decoder.bias, goal, reduction,
-                                    logits_buffer)
-        return loss, state
+        if fast.enabled():  # fast path: output layer and loss fused (rnnlab.fast.softmax_loss)
+            return fast.linear_cross_entropy(
+                out.flatten(0, 1), self.decoder.weight, self.decoder.bias, targets.flatten(),
+                reduction, logits_buffer), state
+        logits = self.decoder(out)  # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction=reduction), state
 
     def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
         """The zero state for ``batch_size`` streams."""

@@ -25,27 +25,6 @@ class LockedDropout(nn.Module):
         return x * mask
 
 
-def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Element-wise dropout, as ``F.dropout(x, p)`` in training, with a cheaper mask on a CPU.
-
-    ``F.dropout`` draws one float Bernoulli sample per element, the slow part on a CPU; one
-    32-bit draw gives two 15-bit uniform integers instead, and a few cheap passes do the rest.
-    ``p`` is rounded to a multiple of 2**-15 and the kept units are scaled by the exact inverse
-    of the kept fraction, so the expected output is still ``x``.
-    """
-    if p == 0:
-        return x
-    if p >= 1:
-        return torch.zeros_like(x)
-    levels = 1 << 15
-    keep = min(max(round((1 - p) * levels), 1), levels - 1)
-    bits = torch.empty((x.numel() + 1) // 2, dtype=torch.int32, device=x.device).random_()
-    # int32.random_() fills [0, 2**31): each 16-bit half carries 15 random bits below bit 15.
-    uniform = bits.view(torch.int16)[: x.numel()].bitwise_and_(levels - 1).view(x.shape)
-    mask = uniform.lt(keep).to(x.dtype).mul_(levels / keep)
-    return x * mask
-
-
 def embedding_dropout(embedding: nn.Embedding, tokens: torch.Tensor, p: float) -> torch.Tensor:
     """Look up ``tokens`` with whole rows of the table dropped (Gal & Ghahramani, 2016).
 

@@ -15,9 +15,10 @@ from torch import nn
 from rnnlab import checkpoint as ckpt
 from rnnlab.data.vocab import Vocab
 from rnnlab.errors import RnnlabError
+from rnnlab.training.task import Task
 
 
-def check_run_matches(task: Any, run_dir: str | Path) -> None:
+def check_run_matches(task: Task, run_dir: str | Path) -> None:
     """Raise a one-line RnnlabError naming the first disagreement; reads files, writes none."""
     run_dir = Path(run_dir)
     state = ckpt.load_trainer_state(run_dir / ckpt.TRAINER)
@@ -35,7 +36,7 @@ def check_run_matches(task: Any, run_dir: str | Path) -> None:
     if isinstance(getattr(model, "decoder", None), nn.Linear):
         _expect_rows(weights, "decoder.weight", len(saved), name,
                      f"{vocab_path} holds {len(saved)} tokens")
-    labels = getattr(task, "label_names", None)
+    labels = task.label_names
     if labels is not None:
         saved_labels = _saved_labels(vocab_path)
         if isinstance(getattr(model, "head", None), nn.Linear):

@@ -3,37 +3,35 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import math
 import platform
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from rnnlab import __version__, distributed
+from rnnlab import __version__, distributed, fast
 from rnnlab import checkpoint as ckpt
 from rnnlab.config import RunConfig
-from rnnlab.data.lm_data import load_lm_data
 from rnnlab.errors import RnnlabError
-from rnnlab.models.language_model import RNNLanguageModel
+from rnnlab.lm.evaluation import unigram_nll
+from rnnlab.lm.inference import LanguageModel
+from rnnlab.lm.task import LanguageModelTask, build_lm_task
 from rnnlab.run_lock import claim_run
 from rnnlab.runtime import seed_everything, set_threads
 from rnnlab.training.consistency import check_run_matches
-from rnnlab.training.lm_task import LanguageModelTask
 from rnnlab.training.trainer import Callback, Trainer, TrainResult
 from rnnlab.training.warm_start import Source, warm_start
 
 
-def build_lm_task(config: RunConfig, device: torch.device) -> LanguageModelTask:
-    data = load_lm_data(config.data)
-    model = RNNLanguageModel(config.model, len(data.vocab)).to(device)
-    return LanguageModelTask(model, data, config, device)
-
-
 def _build_classify_task(config: RunConfig, device: torch.device):
-    from rnnlab.training.classify_task import build_classification_task
+    from rnnlab.classify.task import build_classification_task
 
     return build_classification_task(config, device)
 
@@ -43,10 +41,7 @@ BUILDERS: dict[str, Callable] = {"lm": build_lm_task, "classify": _build_classif
 
 def save_artifacts(task, run_dir: Path) -> None:
     """The files besides weights that loading a model needs (vocabulary, label names)."""
-    if hasattr(task, "save_artifacts"):
-        task.save_artifacts(run_dir)
-    else:
-        task.vocab.save(run_dir / ckpt.VOCAB)
+    task.save_artifacts(run_dir)
 
 
 def default_run_dir(config: RunConfig) -> Path:
@@ -62,7 +57,8 @@ def train(config: RunConfig, out: str | Path | None = None, *,
     run_dir = Path(out) if out else default_run_dir(config)
     set_threads(config.train.threads)
     # Under torchrun every rank runs this function; rank 0 alone checks, writes and prints.
-    with distributed.session(config.train.device) as device:
+    # train.fast applies while the run lasts (RNNLAB_FAST=0 still turns it off).
+    with fast.enabled_as(config.train.fast), distributed.session(config.train.device) as device:
         # Rank 0's name for all: the default one has a time stamp that may differ by a second
         # between ranks.
         run_dir = Path(distributed.broadcast_object(str(run_dir)))
@@ -112,7 +108,8 @@ def resume(run_dir: str | Path, overrides: dict | None = None, *,
         config.validate()
     set_threads(config.train.threads)
     # Any number of ranks may resume a run: its checkpoint holds the global batch's state.
-    with distributed.session(config.train.device) as device, _owned(run_dir, new=False):
+    with (fast.enabled_as(config.train.fast), distributed.session(config.train.device) as device,
+          _owned(run_dir, new=False)):
         seed_everything(config.train.seed)
         with distributed.main_first():
             task = BUILDERS[config.task](config, device)
@@ -125,9 +122,51 @@ def resume(run_dir: str | Path, overrides: dict | None = None, *,
         return _finish(trainer, trainer.fit())
 
 
+@dataclass
+class RunResult(TrainResult):
+    """A finished run and the task still in memory (its data loaded), for the final report."""
+
+    task: Any = field(default=None, repr=False, compare=False)
+    task_name: str = "lm"
+
+    @functools.cached_property
+    def final(self) -> tuple[dict[str, Any] | None, LanguageModel | None]:
+        """The task's final numbers (see REPORTS) and, for a language model, the model with its
+        best weights (for samples). Computed on first use, so that a caller who needs neither
+        does not pay for a test evaluation; ``(None, None)`` when there is nothing to report."""
+        report = REPORTS.get(self.task_name)
+        if report is None or self.task is None or self.best is None:
+            return None, None
+        return report(self.task, self)
+
+
+def lm_final_report(task: LanguageModelTask, result: TrainResult
+                    ) -> tuple[dict[str, Any], LanguageModel]:
+    """The best checkpoint's valid perplexity beside the unigram baseline (and the true source's
+    on synthetic data), and its test metrics; loads the best weights into ``task.model``."""
+    ckpt.load_weights(task.model, ckpt.weights_path(result.run_dir, "best"))
+    lm = LanguageModel(task.model, task.vocab, task.config, result.run_dir)
+    splits = task.data.splits
+    report: dict[str, Any] = {
+        "valid_ppl": result.best["ppl"],
+        "unigram_ppl": math.exp(unigram_nll(splits["train"], splits["valid"], len(task.vocab))),
+    }
+    synthetic = task.data.synthetic
+    if synthetic is not None:
+        report["true_ppl"] = math.exp(synthetic.true_nll("valid"))
+        report["entropy_rate_ppl"] = math.exp(synthetic.language.entropy_rate())
+    if "test" in splits:
+        report["test"] = lm.evaluate_ids(splits["test"])
+    return report, lm
+
+
+REPORTS: dict[str, Callable] = {"lm": lm_final_report}
+
+
 def _finish(trainer: Trainer, result: TrainResult) -> TrainResult:
     if not trainer.is_main:
         return result
+    result = RunResult(**vars(result), task=trainer.task, task_name=trainer.config.task)
     info = ckpt.read_json(trainer.run_dir / ckpt.RUN_INFO, default={}) or {}
     info["summary"] = {
         "best": result.best, "stop_reason": result.stop_reason, "steps": result.steps,

@@ -8,6 +8,7 @@ handling and NaN guards are written once for every task.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -19,11 +20,23 @@ from rnnlab.data.vocab import Vocab
 class Task(Protocol):
     model: nn.Module
     vocab: Vocab  # saved in the run directory; what token ids mean
+    #: the class names, in output order, of a task that predicts labels; None for other tasks
+    label_names: list[str] | None
     #: the metric that picks the best checkpoint, e.g. "loss" (lower is better) or "accuracy"
     best_metric: str
     higher_is_better: bool
     #: what one item of a batch is called in logs: "tokens" or "examples"
     unit: str
+
+    def shard(self, rank: int, world: int) -> bool:
+        """Prepare rank ``rank`` of ``world`` data-parallel processes (called only if world > 1).
+
+        True: the task now yields this rank's share of every batch itself. False: the Trainer
+        slices each batch along dimension 0 (see ``distributed.local_batch``).
+        """
+
+    def save_artifacts(self, run_dir: str | Path) -> None:
+        """Write the files besides weights that loading the model needs (vocabulary, labels)."""
 
     def steps_per_epoch(self) -> int:
         """Number of optimisation steps in one pass over the training data."""

@@ -31,7 +31,6 @@ from rnnlab.errors import RnnlabError
 from rnnlab.runtime import (
     autocast,
     autocast_dtype,
-    keep_freed_memory,
     pin_batch,
     rng_state,
     set_rng_state,
@@ -101,13 +100,10 @@ class Trainer:
         self.is_main = distributed.is_main()  # only rank 0 writes files and presents progress
         self.callbacks = list(callbacks) if self.is_main else []
         self.model = task.model  # the plain module: evaluated and saved
-        self._slice_batches = self.world_size > 1 and not hasattr(task, "shard")
-        if self.world_size > 1 and hasattr(task, "shard"):
-            task.shard(self.rank, self.world_size)  # the task yields this rank's rows itself
+        # A task that cannot take its own share of the data gets each batch sliced per rank.
+        self._slice_batches = self.world_size > 1 and not task.shard(self.rank, self.world_size)
         self.loss_fn = distributed.wrap_loss(task, device)  # DDP when there are several ranks
         self.amp_dtype = autocast_dtype(config.train.precision, device, warn=self.is_main)
-        if device.type == "cpu":
-            keep_freed_memory()  # no page faults on every step's large buffers
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.optimizer = make_optimizer(self.model, self.train_config, device)
         self.schedule = Schedule(self.train_config)

@@ -2,18 +2,21 @@
 
 A decoding step multiplies a few rows by each weight matrix. ``nn.LSTM`` and ``nn.Linear`` keep
 their weights as (out, in) and multiply by the transpose, which the CPU BLAS serves at a fraction
-of its speed for so few rows: inside a batch-1 generation loop here, the 10k x 200 output layer
-took 1.0 ms that way against 0.3 ms from an (in, out) copy, and the 2 x 200 LSTM step 0.6 ms
-against 0.2. ``TokenStepper`` keeps (in, out) copies, made once per generation, and runs the cell
-equations itself; its logits match ``model(tokens, state)`` to float rounding (a test).
+of its speed for so few rows. ``TokenStepper`` keeps (in, out) copies, made once per generation,
+and runs the cell equations itself; its logits match ``model(tokens, state)`` to float rounding
+(tests/test_stepper.py).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from rnnlab.models.cells import State
-from rnnlab.models.language_model import RNNLanguageModel
+
+if TYPE_CHECKING:  # the model imports this package
+    from rnnlab.models.language_model import RNNLanguageModel
 
 
 class _Layer:

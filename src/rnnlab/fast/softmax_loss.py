@@ -1,35 +1,37 @@
-"""Output layer and cross-entropy fused for the full softmax on a CPU: training and evaluation.
+"""The output layer and cross-entropy fused for the full softmax on a CPU.
 
 ``F.cross_entropy(F.linear(x, W, b), y)`` is right everywhere but, on a CPU, spends a training
-step's non-matmul time on passes over the (tokens x vocabulary) logits: log-softmax writes a
+step's non-matmul time on passes over the (tokens, vocabulary) logits: log-softmax writes a
 second copy, the loss's backward fills a zero tensor of that size, and the log-softmax backward
 reads two and writes one. Here the forward pass keeps the softmax probabilities, and the backward
 pass turns them into ``softmax - one_hot`` in place; the loss scale goes on the much smaller
 products instead of on the logits' gradient.
 
-On an AVX2 CPU the weight gradient is computed in blocks of vocabulary rows: for a 650-wide
-layer over 10,000 words, MKL's single ``grad.T @ x`` ran at ~105 GFLOP/s on the 2-core EPYC
-against ~130 in blocks of 1,024 rows (torch 2.13); each block writes a contiguous slice of the
-result. On an AVX-512 Xeon (Ice Lake, 2 cores) the single product was the faster one: a
-word-small training step took 93.5 ms against 97.9 with blocks, and 88.2 against 90.2 in a
-second run (medians; faster in 22 of 30 and 28 of 40 alternating pairs; word-medium even, 8 of
-16), so there it stays one matmul.
-
-Against the two PyTorch calls, step by step in alternation on the EPYC, a word-medium training
-step measured 8-18 ms faster of ~520 and a word-small one 7 ms of ~116.
+On an AVX2 CPU the weight gradient is computed in blocks of vocabulary rows, each block writing a
+contiguous slice of the result, because MKL's single large product is slower there; on AVX-512
+the single product was the faster one (figures in benchmarks/RESULTS.md).
 
 Without gradients (evaluation) the log-softmax overwrites the logits, optionally in a buffer the
-caller keeps: with long evaluation windows (see ``training.lm_task.evaluate_stream``) word-small
-evaluated a PTB-sized stream ~10% faster than PyTorch's two calls over 700-row windows.
+caller keeps across windows (``logits_buffer``).
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.nn import functional as F
 
-# Rows of the vocabulary per block of the weight gradient; 0: one matmul (see the docstring).
-VOCAB_BLOCK = 0 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 1024
+from rnnlab import fast
+
+
+@functools.cache
+def vocab_block() -> int:
+    """Rows of the vocabulary per block of the weight gradient; 0: one matmul.
+
+    Blocks pay off with AVX2's MKL kernels, one product with AVX-512's (module docstring).
+    """
+    return 0 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 1024
 
 
 def linear_cross_entropy(
@@ -42,7 +44,7 @@ def linear_cross_entropy(
     the fused paths run: the autograd step below when gradients are wanted, else (evaluation) a
     log-softmax written over the logits, in ``logits_buffer`` when it is given and large enough.
     A buffer kept across calls spares one large allocation per call, which glibc serves with
-    fresh, page-faulting memory once it passes 32 MB. Anything else takes the plain path.
+    fresh, page-faulting memory above its mmap threshold. Anything else takes the plain path.
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
@@ -131,11 +133,26 @@ def _logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 
 def _weight_grad(grad: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """``grad.T @ features`` (V, D): one matmul, or ``VOCAB_BLOCK`` vocabulary rows at a time."""
-    if VOCAB_BLOCK <= 0 or VOCAB_BLOCK >= grad.shape[1]:
+    """``grad.T @ features`` (V, D): one matmul, or ``vocab_block()`` vocabulary rows at a time."""
+    block = vocab_block()
+    if block <= 0 or block >= grad.shape[1]:
         return grad.t() @ features
     out = features.new_empty(grad.shape[1], features.shape[1])
-    for start in range(0, grad.shape[1], VOCAB_BLOCK):
-        stop = start + VOCAB_BLOCK
+    for start in range(0, grad.shape[1], block):
+        stop = start + block
         torch.mm(grad[:, start:stop].t(), features, out=out[start:stop])
     return out
+
+
+def logits_buffer(decoder: torch.nn.Linear | None, rows: int,
+                  device: torch.device) -> torch.Tensor | None:
+    """A flat float32 buffer for ``rows`` rows of ``decoder``'s logits, or None.
+
+    None where ``linear_cross_entropy`` could not use it: with the fast paths off, without a
+    full softmax (the adaptive softmax never builds full logits), off the CPU (CUDA's allocator
+    caches its memory) or for weights that are not float32.
+    """
+    if (not fast.enabled() or decoder is None or decoder.weight.dtype != torch.float32
+            or device.type != "cpu"):
+        return None
+    return torch.empty(rows * decoder.weight.shape[0], dtype=torch.float32, device=device)

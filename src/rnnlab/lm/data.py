@@ -8,13 +8,11 @@ from dataclasses import dataclass, field
 import torch
 
 from rnnlab.config import DataConfig
-from rnnlab.data.corpora import corpus_files, data_dir, get_corpus
+from rnnlab.data.corpora import SPLITS, corpus_files, data_dir, get_corpus
 from rnnlab.data.synthetic import SyntheticSplits, synthetic_splits
 from rnnlab.data.text import read_text, split_tokens, tokenize
 from rnnlab.data.vocab import EOS, UNK, UNK_CHAR, Vocab
 from rnnlab.errors import RnnlabError
-
-SPLITS = ("train", "valid", "test")
 
 
 @dataclass

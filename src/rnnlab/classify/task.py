@@ -2,16 +2,14 @@
 
 The run directory keeps what inference needs besides the weights: ``vocab.json`` holds the
 vocabulary plus a ``labels`` list (the class names in class-id order); see
-:func:`save_artifacts` and :func:`load_artifacts`.
+:func:`rnnlab.checkpoint.save_artifacts`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,31 +18,25 @@ import torch
 from torch.nn import functional as F
 
 from rnnlab import checkpoint as ckpt
-from rnnlab.config import RunConfig
-from rnnlab.data.classification import (
-    Batch,
-    EncodedSet,
+from rnnlab.classify.data import (
     Examples,
-    Interner,
-    bucket_batches,
-    build_vocab,
     check_labels,
-    encode,
-    encode_texts,
-    load_corpus,
     read_examples,
-    sorted_batches,
     split_examples,
     split_validation,
 )
-from rnnlab.data.classification import (
+from rnnlab.classify.data import (
     label_names as sorted_label_names,
 )
+from rnnlab.classify.encoding import Batch, EncodedSet, Interner, build_vocab, encode_set
+from rnnlab.classify.imdb import load_corpus
+from rnnlab.classify.metrics import SplitPredictions, classification_report
+from rnnlab.config import RunConfig
+from rnnlab.data.batching import bucket_batches, sorted_batches
+from rnnlab.data.corpora import SPLITS
 from rnnlab.data.vocab import Vocab
 from rnnlab.errors import RnnlabError
 from rnnlab.models.classifier import RNNClassifier
-
-SPLITS = ("train", "valid", "test")
 
 
 class ClassificationTask:
@@ -74,6 +66,10 @@ class ClassificationTask:
         self.stats = stats or {}
 
     # --- training ----------------------------------------------------------------------------
+
+    def shard(self, rank: int, world: int) -> bool:
+        """False: every rank draws the same batches and the Trainer gives each its slice."""
+        return False
 
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.sets["train"]) / self.batch_size)
@@ -129,7 +125,8 @@ class ClassificationTask:
     # --- run directory and resume ------------------------------------------------------------
 
     def save_artifacts(self, run_dir: str | Path) -> None:
-        save_artifacts(run_dir, self.vocab, self.label_names)
+        """The vocabulary and the class names: what the saved weights' ids mean."""
+        ckpt.save_artifacts(run_dir, self.vocab, self.label_names)
 
     def state_dict(self) -> dict[str, Any]:
         # Batches are a pure function of (seed, epoch); only the data's identity is worth
@@ -144,55 +141,6 @@ class ClassificationTask:
                     f"the checkpoint was trained with {key} = {value}, but the data now gives "
                     f"{expected[key]}; resume with the same data"
                 )
-
-
-@dataclass
-class SplitPredictions:
-    predictions: torch.Tensor  # (N,) class ids
-    targets: torch.Tensor  # (N,)
-    loss: float  # mean cross-entropy
-
-    @property
-    def accuracy(self) -> float:
-        return float((self.predictions == self.targets).double().mean())
-
-
-def classification_report(
-    predictions: torch.Tensor | Sequence[int], targets: torch.Tensor | Sequence[int],
-    names: Sequence[str],
-) -> dict[str, Any]:
-    """Accuracy, per-class precision/recall/F1/support, macro F1 and the confusion matrix.
-
-    ``confusion[i][j]`` counts examples of true class ``i`` predicted as ``j``. A score whose
-    denominator is zero (a class never predicted, or absent) is 0.
-    """
-    predicted = np.asarray(predictions, dtype=np.int64)
-    true = np.asarray(targets, dtype=np.int64)
-    k = len(names)
-    confusion = np.bincount(true * k + predicted, minlength=k * k).reshape(k, k)
-    hits = np.diag(confusion).astype(np.float64)
-    support = confusion.sum(axis=1)
-    precision = _ratio(hits, confusion.sum(axis=0))
-    recall = _ratio(hits, support)
-    f1 = _ratio(2 * precision * recall, precision + recall)
-    per_class = {
-        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-               "support": int(support[i])}
-        for i, name in enumerate(names)
-    }
-    return {
-        "accuracy": float(hits.sum() / max(true.size, 1)),
-        "macro_f1": float(f1.mean()),
-        "examples": int(true.size),
-        "labels": list(names),
-        "per_class": per_class,
-        "confusion": confusion.tolist(),
-    }
-
-
-def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    return np.divide(numerator, denominator, out=np.zeros(len(numerator)),
-                     where=denominator > 0)
 
 
 # --- building from a config ------------------------------------------------------------------
@@ -256,7 +204,7 @@ def build_classification_task(
     if vocab is None:
         vocab = build_vocab(interner, tokenized["train"].ids, min_freq=data.min_freq,
                             max_size=data.max_vocab)
-    sets = {s: encode(tokenized[s], examples[s].labels, interner, vocab, names) for s in wanted}
+    sets = {s: encode_set(tokenized[s], examples[s].labels, interner, vocab, names) for s in wanted}
     model = RNNClassifier(config.model, len(vocab), len(names)).to(device)
     stats = {
         "examples": {s: len(e) for s, e in sets.items()},
@@ -287,71 +235,3 @@ def _check_skipped(split: str, examples: Examples, skipped: Sequence[int]) -> No
                           f"HTML line breaks are removed, e.g. {first})")
     warnings.warn(f"skipped {len(skipped)} {split} text{plural} of {len(examples)} with no "
                   f"tokens (nothing but HTML line breaks; first: {first})", stacklevel=3)
-
-
-# --- artifacts and inference -----------------------------------------------------------------
-
-
-def save_artifacts(run_dir: str | Path, vocab: Vocab, label_names: Sequence[str]) -> None:
-    """Write ``RUN/vocab.json``: the vocabulary plus ``labels`` (class names by class id).
-
-    ``Vocab.load`` reads the file as a plain vocabulary, ignoring ``labels``.
-    """
-    payload = {**vocab.to_dict(), "labels": list(label_names)}
-    ckpt.atomic_write_text(Path(run_dir) / ckpt.VOCAB, json.dumps(payload, ensure_ascii=False))
-
-
-def load_artifacts(run_dir: str | Path) -> tuple[Vocab, list[str]]:
-    """The vocabulary and class names saved by :func:`save_artifacts`."""
-    path = Path(run_dir) / ckpt.VOCAB
-    vocab = Vocab.load(path)
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    labels = raw.get("labels")
-    if not isinstance(labels, list) or len(labels) < 2:
-        raise RnnlabError(f"{path} has no label names: is this a classification run?")
-    return vocab, [str(label) for label in labels]
-
-
-NO_TOKENS = "the text has no tokens"
-
-
-def predict_texts(
-    model: RNNClassifier, vocab: Vocab, label_names: Sequence[str], texts: Sequence[str],
-    max_length: int, batch_size: int = 64,
-) -> list[dict[str, Any]]:
-    """Classify ``texts``: ``[{"label": name, "probs": {name: p, ...}}, ...]`` in input order.
-
-    Texts longer than ``max_length`` tokens are truncated, as in training. Blank texts are an
-    error, as in training files; a text whose every character is markup (``<br />``) has no
-    token to classify: its answer is ``{"label": None, "probs": None, "error": NO_TOKENS}``,
-    and the other texts are unaffected.
-    """
-    if isinstance(texts, str):
-        raise RnnlabError("predict_texts takes a list of texts, not a single string")
-    if not texts:
-        raise RnnlabError("no texts to classify")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
-            raise RnnlabError(f"text {i + 1} of {len(texts)} is empty")
-    encoded, _ = encode_texts(texts, vocab, max_length)
-    rows = [i for i, ids in enumerate(encoded) if ids]  # texts with something to read
-    device = next(model.parameters()).device
-    lengths = torch.tensor([len(encoded[i]) for i in rows], dtype=torch.int64)
-    probs = torch.empty(len(rows), len(label_names))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for index in sorted_batches(lengths, batch_size):
-                batch = [torch.tensor(encoded[rows[i]]) for i in index]
-                tokens = torch.nn.utils.rnn.pad_sequence(batch, batch_first=True)  # (B, T), pad 0
-                logits = model(tokens.to(device), lengths[index])  # (B, C)
-                probs[torch.from_numpy(index)] = logits.float().softmax(dim=1).cpu()
-    finally:
-        model.train(was_training)
-    results: list[dict[str, Any]] = [
-        {"label": None, "probs": None, "error": NO_TOKENS} for _ in texts]
-    best = probs.argmax(dim=1).tolist()
-    for i, b, row in zip(rows, best, probs.tolist(), strict=True):
-        results[i] = {"label": label_names[b], "probs": dict(zip(label_names, row, strict=True))}
-    return results

@@ -1,0 +1,1 @@
+"""Text classification: labelled data, encoding, the training task, metrics and inference."""

@@ -1,0 +1,253 @@
+"""Labelled text for classification: reading CSV/TSV/JSONL files, checking labels, splits.
+
+Records are (text, label) pairs. Labels are kept as strings (JSON integers become their decimal
+text) and their names sorted deterministically (numerically when every name is an integer, else
+alphabetically); a label's index in that list is its class id.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import re
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rnnlab.errors import RnnlabError
+
+FORMATS = (".csv", ".tsv", ".jsonl", ".ndjson")  # each optionally followed by .gz
+
+
+@dataclass
+class Examples:
+    """Labelled texts read from one source; ``lines[i]`` is where record ``i`` ends."""
+
+    texts: list[str]
+    labels: list[str]
+    lines: list[int]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, index: Sequence[int]) -> Examples:
+        return Examples([self.texts[i] for i in index], [self.labels[i] for i in index],
+                        [self.lines[i] for i in index], self.source)
+
+
+def read_examples(
+    path: str | Path, *, text_field: str = "text", label_field: str = "label",
+    rename: dict[str, str] | None = None,
+) -> Examples:
+    """Read (text, label) records from a ``.csv``/``.tsv``/``.jsonl``/``.ndjson`` file (or the
+    same gzip-compressed, ``.gz``), choosing the format by extension.
+
+    CSV/TSV need a header row naming the columns (TSV is read unquoted: one record per line).
+    ``rename`` maps label names, e.g. ``{"0": "neg", "1": "pos"}``.
+    """
+    path = Path(path)
+    texts: list[str] = []
+    labels: list[str] = []
+    lines: list[int] = []
+    for line, record in records(path):
+        text = record_field(record, text_field, "text", path, line)
+        label = _label(record_field(record, label_field, "label", path, line), path, line)
+        if not isinstance(text, str):
+            raise RnnlabError(f"{path}, line {line}: field '{text_field}' is not a string")
+        if not text.strip():
+            raise RnnlabError(f"{path}, line {line}: the text is empty")
+        texts.append(text)
+        labels.append(rename.get(label, label) if rename else label)
+        lines.append(line)
+    if not texts:
+        raise RnnlabError(f"{path} contains no examples (the file is empty)")
+    return Examples(texts, labels, lines, str(path))
+
+
+def records(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of a table or JSON-lines file (gzipped or not), by extension;
+    unreadable files raise :class:`RnnlabError`."""
+    fmt = _format_of(path)
+    if not path.is_file():
+        raise RnnlabError(f"file not found: {path}" if not path.exists()
+                          else f"{path} is not a file")
+    reader = _json_records if fmt in (".jsonl", ".ndjson") else _table_records
+    try:
+        with _open_binary(path) as handle:
+            yield from reader(_decoded_lines(handle, path), path, fmt)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise RnnlabError(f"{path} is not a readable gzip file ({exc})") from None
+    except OSError as exc:
+        raise RnnlabError(f"cannot read {path} ({exc.strerror or exc})") from None
+
+
+def _format_of(path: Path) -> str:
+    name = path.name.lower().removesuffix(".gz")
+    for fmt in FORMATS:
+        if name.endswith(fmt):
+            return fmt
+    raise RnnlabError(
+        f"cannot tell the format of {path}: use a .csv, .tsv, .jsonl or .ndjson file "
+        "(optionally .gz-compressed)"
+    )
+
+
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def _decoded_lines(handle: io.BufferedIOBase, path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) per physical line, with the line named on bad UTF-8."""
+    for number, raw in enumerate(handle, start=1):
+        if b"\x00" in raw:
+            raise RnnlabError(f"{path}, line {number} contains NUL bytes: is this a text file?")
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RnnlabError(
+                f"{path}, line {number} is not valid UTF-8 (byte {exc.start} of the line); "
+                "convert the file, e.g. iconv -t utf-8"
+            ) from None
+        yield number, line.removeprefix("\ufeff") if number == 1 else line
+
+
+def _json_records(lines: Iterator[tuple[int, str]], path: Path, fmt: str
+                  ) -> Iterator[tuple[int, dict]]:
+    for number, line in lines:
+        if not line.strip():
+            continue  # blank lines (e.g. a trailing one) are not records
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RnnlabError(f"{path}, line {number} is not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise RnnlabError(f"{path}, line {number}: expected a JSON object per line")
+        yield number, record
+
+
+def _table_records(lines: Iterator[tuple[int, str]], path: Path, fmt: str
+                   ) -> Iterator[tuple[int, dict]]:
+    current = [0]
+
+    def text_lines() -> Iterator[str]:
+        for number, line in lines:
+            current[0] = number
+            yield line
+
+    options = ({"delimiter": "\t", "quoting": csv.QUOTE_NONE} if fmt == ".tsv" else {})
+    limit = csv.field_size_limit()
+    csv.field_size_limit(1 << 30)  # long reviews exceed the default 128 KiB per field
+    try:
+        reader = csv.DictReader(text_lines(), **options)
+        for row in reader:
+            if any(value not in (None, "") for value in row.values()):
+                yield current[0], row
+    except csv.Error as exc:
+        raise RnnlabError(f"{path}, line {current[0]} is not valid {fmt[1:].upper()} ({exc})"
+                          ) from None
+    finally:
+        csv.field_size_limit(limit)
+
+
+def record_field(record: dict, name: str, role: str, path: Path, line: int) -> object:
+    """The value of field ``name`` (the record's ``role``: text or label); a missing or null
+    field is an error naming the file, the line and the fields there are."""
+    if name not in record:
+        have = ", ".join(repr(k) for k in record if k is not None) or "none"
+        raise RnnlabError(
+            f"{path}, line {line}: no {role} field '{name}' (fields: {have}); "
+            f"set data.{role}_field"
+        )
+    value = record[name]
+    if value is None:
+        raise RnnlabError(f"{path}, line {line}: the {role} field '{name}' has no value")
+    return value
+
+
+def _label(value: object, path: Path, line: int) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise RnnlabError(
+        f"{path}, line {line}: the label must be a non-empty string or an integer, got {value!r}"
+    )
+
+
+def label_names(labels: Sequence[str]) -> list[str]:
+    """The distinct labels, numerically sorted when all are integers, else alphabetically."""
+    names = set(labels)
+    if all(re.fullmatch(r"-?\d+", n) for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def check_labels(train: Examples, names: Sequence[str], others: Sequence[Examples]) -> None:
+    """At least two classes in training, and no label anywhere outside ``names``."""
+    present = sorted(set(train.labels))
+    if len(present) < 2:
+        only = f" ('{present[0]}')" if present else ""
+        raise RnnlabError(
+            f"{train.source}: the training data has only one class{only}; a classifier needs "
+            "at least 2 (check data.label_field)"
+        )
+    known = set(names)
+    for examples in (train, *others):
+        for label, line in zip(examples.labels, examples.lines, strict=True):
+            if label not in known:
+                raise RnnlabError(
+                    f"{examples.source}, line {line}: label '{label}' is not one of the classes "
+                    f"of the training data ({', '.join(names)})"
+                )
+
+
+# --- splits --------------------------------------------------------------------------------
+
+
+def split_validation(
+    labels: Sequence[str], fraction: float, seed: int, *, stratify: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, valid) indices with ``fraction`` of the examples in valid.
+
+    Seeded, and stratified by label by default so that valid has the classes' proportions.
+    """
+    labels_array = np.asarray(labels)
+    rng = np.random.default_rng(seed % 2**63)
+    groups = ([np.flatnonzero(labels_array == c) for c in sorted(set(labels))] if stratify
+              else [np.arange(len(labels_array))])
+    valid_parts = []
+    for group in groups:
+        take = min(round(len(group) * fraction), len(group) - 1)  # keep one of each for training
+        valid_parts.append(rng.permutation(group)[:take])
+    valid = np.sort(np.concatenate(valid_parts)) if valid_parts else np.array([], dtype=np.int64)
+    if valid.size == 0:
+        raise RnnlabError(
+            f"{len(labels_array)} examples are too few to hold out a validation fraction of "
+            f"{fraction}; give --valid FILE or more data"
+        )
+    train = np.setdiff1d(np.arange(len(labels_array)), valid)
+    return train, valid
+
+
+def split_examples(
+    examples: Examples, fractions: Sequence[float], seed: int
+) -> list[Examples]:
+    """Cut one labelled file into train/valid[/test] by ``fractions`` (stratified, seeded)."""
+    pieces, rest = [], examples
+    remaining = 1.0
+    for fraction in fractions[1:]:
+        if fraction <= 0:
+            pieces.append(None)
+            continue
+        keep, held = split_validation(rest.labels, fraction / remaining, seed)
+        pieces.append(rest.subset(held))
+        rest, remaining = rest.subset(keep), remaining - fraction
+    return [rest, *pieces]

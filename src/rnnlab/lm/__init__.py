@@ -1,0 +1,1 @@
+"""Language modelling: data, the training task, evaluation and the trained-model facade."""
