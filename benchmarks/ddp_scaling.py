@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from rnnlab import distributed
-from rnnlab.config import resolve_config
+from rnnlab.config_resolve import resolve_config
 from rnnlab.lm.task import build_lm_task
 from rnnlab.runtime import seed_everything, set_threads
 from rnnlab.training.trainer import Trainer

@@ -35,7 +35,8 @@ from typing import Any
 import torch
 
 from plain_lm import PlainTrainer
-from rnnlab.config import RunConfig, read_preset, resolve_config
+from rnnlab.config import RunConfig
+from rnnlab.config_resolve import read_preset, resolve_config
 from rnnlab.data.vocab import Vocab
 from rnnlab.generation import SampleConfig, generate_ids
 from rnnlab.lm.data import LMData, load_lm_data

@@ -20,16 +20,21 @@ CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN}
 
 
 class PlainLM(nn.Module):
-    """Embedding (or one-hot) -> dropout -> recurrent stack -> dropout -> linear, seq-first."""
+    """Embedding (or one-hot) -> dropout -> recurrent stack -> dropout -> linear, seq-first.
+
+    ``dropout``: the (input, between layers, output) rates, as ``ModelConfig.dropout_rates()``.
+    """
 
     def __init__(self, vocab_size: int, embedding_dim: int, hidden_size: int, num_layers: int,
-                 cell: str, dropout: float, tie_weights: bool, onehot: bool = False):
+                 cell: str, dropout: tuple[float, float, float], tie_weights: bool,
+                 onehot: bool = False):
         super().__init__()
         self.vocab_size = vocab_size
         self.embedding = None if onehot else nn.Embedding(vocab_size, embedding_dim)
-        self.drop = nn.Dropout(dropout)
+        first, between, last = dropout
+        self.drop_in, self.drop_out = nn.Dropout(first), nn.Dropout(last)
         self.rnn = CELLS[cell](vocab_size if onehot else embedding_dim, hidden_size, num_layers,
-                               dropout=dropout if num_layers > 1 else 0.0)
+                               dropout=between if num_layers > 1 else 0.0)
         self.decoder = nn.Linear(hidden_size, vocab_size)
         if tie_weights:
             if hidden_size != embedding_dim:
@@ -41,8 +46,8 @@ class PlainLM(nn.Module):
             inputs = F.one_hot(tokens, self.vocab_size).float()
         else:
             inputs = self.embedding(tokens)
-        out, hidden = self.rnn(self.drop(inputs), hidden)
-        return self.decoder(self.drop(out)), hidden
+        out, hidden = self.rnn(self.drop_in(inputs), hidden)
+        return self.decoder(self.drop_out(out)), hidden
 
 
 class PlainTrainer:
@@ -53,7 +58,7 @@ class PlainTrainer:
         if m.cell not in CELLS or m.output != "softmax":
             raise ValueError(f"no plain baseline for cell {m.cell!r} with output {m.output!r}")
         self.model = PlainLM(vocab_size, m.embedding_dim, m.hidden_size, m.num_layers, m.cell,
-                             m.dropout, m.tie_weights, onehot=m.input == "onehot")
+                             m.dropout_rates(), m.tie_weights, onehot=m.input == "onehot")
         self.model.train()
         optimizers = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam,
                       "adamw": torch.optim.AdamW}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnlab.config import resolve_config
+from rnnlab.config_resolve import resolve_config
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -93,6 +93,14 @@ def test_plain_trainer_trains_windows_of_the_stream_and_learns() -> None:
         logits, _ = trainer.model(stream[:-1], None)
         loss = torch.nn.functional.cross_entropy(logits.view(-1, 12), stream[1:].view(-1))
     assert loss < 0.5  # log(12) = 2.48 for a model that learned nothing
+
+
+def test_plain_model_drops_out_where_rnnlab_does_for_char_rnn() -> None:
+    # char-rnn keeps every input character (input_dropout 0) but drops between and after layers.
+    config = resolve_config(preset="char-rnn", overrides={"model.hidden_size": "8"})
+    model = PlainTrainer(config, 12, torch.arange(12).repeat(300)).model
+    assert (model.drop_in.p, model.rnn.dropout, model.drop_out.p) == \
+        config.model.dropout_rates() == (0.0, 0.5, 0.5)
 
 
 def test_plain_baseline_refuses_what_it_cannot_build() -> None:

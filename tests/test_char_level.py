@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import rnnlab
-from rnnlab.config import resolve_config
+from rnnlab.config_resolve import resolve_config
 from rnnlab.errors import RnnlabError
 from rnnlab.lm.data import load_lm_data
 from rnnlab.models.language_model import RNNLanguageModel

@@ -17,7 +17,8 @@ from rnnlab.checkpoint import load_artifacts, save_artifacts
 from rnnlab.classify.inference import predict_texts
 from rnnlab.classify.metrics import classification_report
 from rnnlab.classify.task import ClassificationTask, build_classification_task
-from rnnlab.config import POOLINGS, DataConfig, resolve_config
+from rnnlab.config import POOLINGS, DataConfig
+from rnnlab.config_resolve import resolve_config
 from rnnlab.errors import RnnlabError
 from rnnlab.lm.data import load_lm_data
 from rnnlab.training.task import Task

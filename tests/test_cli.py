@@ -258,7 +258,7 @@ def test_presets_name_prints_a_toml_config_file_of_the_same_recipe(
     from importlib import resources
 
     from rnnlab import cli
-    from rnnlab.config import preset_names, read_preset, resolve_config
+    from rnnlab.config_resolve import preset_names, read_preset, resolve_config
 
     for name in preset_names():
         assert cli.main(["presets", name]) == 0

@@ -10,15 +10,8 @@ from typing import Any
 
 import pytest
 
-from rnnlab.config import (
-    FORMAT_VERSION,
-    SECTIONS,
-    RunConfig,
-    apply_overrides,
-    preset_names,
-    read_preset,
-    resolve_config,
-)
+from rnnlab.config import FORMAT_VERSION, SECTIONS, RunConfig
+from rnnlab.config_resolve import apply_overrides, preset_names, read_preset, resolve_config
 from rnnlab.errors import RnnlabError
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from rnnlab.config import CELLS, ModelConfig, RunConfig, TrainConfig, resolve_config
+from rnnlab.config import CELLS, ModelConfig, RunConfig, TrainConfig
+from rnnlab.config_resolve import resolve_config
 from rnnlab.errors import RnnlabError
 from rnnlab.lm import evaluation
 from rnnlab.lm.evaluation import eval_window, evaluate_stream, lm_metrics, perplexity

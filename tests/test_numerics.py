@@ -26,13 +26,8 @@ from rnnlab.errors import RnnlabError
 from rnnlab.lm.task import LanguageModelTask
 from rnnlab.models.language_model import RNNLanguageModel
 from rnnlab.training import trainer as trainer_module
-from rnnlab.training.trainer import (
-    MAX_BAD_STEPS,
-    MAX_ROLLBACKS,
-    Callback,
-    Trainer,
-    TrainResult,
-)
+from rnnlab.training.checkpointing import MAX_ROLLBACKS
+from rnnlab.training.trainer import MAX_BAD_STEPS, Callback, Trainer, TrainResult
 
 LR = 3e-3
 OVERRIDES: dict[str, Any] = {

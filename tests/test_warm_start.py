@@ -10,7 +10,7 @@ import torch
 
 import rnnlab
 from rnnlab import checkpoint as ckpt
-from rnnlab.config import resolve_config
+from rnnlab.config_resolve import resolve_config
 from rnnlab.data.vocab import Vocab
 from rnnlab.errors import RnnlabError
 from rnnlab.models.classifier import RNNClassifier

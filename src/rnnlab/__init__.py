@@ -17,8 +17,8 @@ from rnnlab.config import (  # noqa: E402
     ModelConfig,
     RunConfig,
     TrainConfig,
-    resolve_config,
 )
+from rnnlab.config_resolve import resolve_config  # noqa: E402
 from rnnlab.errors import RnnlabError  # noqa: E402
 from rnnlab.generation import SampleConfig  # noqa: E402
 from rnnlab.training.runner import resume, train  # noqa: E402

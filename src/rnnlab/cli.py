@@ -18,9 +18,14 @@ from typing import Any
 from rnnlab import checkpoint as ckpt
 from rnnlab import distributed, fast, reports, runtime
 from rnnlab.api import LanguageModel, TextClassifier
-from rnnlab.cli_parser import build_parser, train_overrides
-from rnnlab.config import (
-    RunConfig,
+from rnnlab.cli_parser import (
+    adaptive_options,
+    build_parser,
+    sample_cache_options,
+    train_overrides,
+)
+from rnnlab.config import RunConfig
+from rnnlab.config_resolve import (
     canonical_key,
     preset_names,
     preset_text,
@@ -30,8 +35,10 @@ from rnnlab.config import (
 from rnnlab.data.corpora import CORPORA, corpus_files, corpus_folder, data_dir, get_corpus
 from rnnlab.data.text import read_text
 from rnnlab.errors import RnnlabError
+from rnnlab.quantize import use_quantization
 from rnnlab.training import runner
 from rnnlab.training.callbacks import PlotCurves, PrintEvaluations, ProgressBar
+from rnnlab.training.finetune import finetune_config
 from rnnlab.training.trainer import Callback, TrainingInterrupted
 
 EXIT_ERROR = 2
@@ -87,6 +94,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             if args.max_minutes:
                 callbacks.insert(0, BudgetNote(args.max_minutes))
             result = runner.resume(args.resume, allowed, callbacks=callbacks)
+        elif args.finetune:
+            if args.preset or args.config:
+                raise RnnlabError("--finetune keeps the run's model and data: drop --preset and "
+                                  "--config")
+            config = finetune_config(args.finetune, overrides)
+            if main:
+                print(reports.run_header(config, args.out))
+            result = runner.train(config, args.out, callbacks=callbacks)
         else:
             config = resolve_config(preset=args.preset, config_file=args.config,
                                     overrides=overrides)
@@ -131,6 +146,8 @@ def resume_overrides(args: argparse.Namespace, overrides: dict[str, Any]) -> dic
         raise RnnlabError(f"--out cannot be used with --resume; the run continues in "
                           f"{args.resume}")
     values = {canonical_key(k): v for k, v in overrides.items()}
+    if args.finetune or "train.finetune_from" in values:
+        raise RnnlabError("--finetune starts a new run; it cannot be used with --resume")
     if "train.init_from" in values:
         raise RnnlabError("--init-from starts a new run; a resumed run continues from "
                           "its own checkpoint")
@@ -173,16 +190,26 @@ def check_batch_size(batch_size: int | None) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     check_batch_size(args.batch_size)
+    dynamic, cache = adaptive_options(args)
+    args.split = args.split or ("valid" if args.tune else "test")
     config = ckpt.load_config(args.run)
     use_threads(args.threads, config)
     if config.task == "classify":
+        if dynamic or cache:
+            raise RnnlabError("--dynamic and --cache evaluate language models")
         return evaluate_classifier(args)
     lm = LanguageModel.load(args.run, device=args.device, weights=args.weights)
+    use_quantization(lm, args.quantize)
+    adaptive = dict(dynamic=dynamic, cache=cache, progress=reports.progress_bar) if (
+        dynamic or cache) else {}
     if args.text:
-        metrics = lm.evaluate_text(read_text(args.text), args.batch_size)
+        if adaptive:
+            adaptive["data_dir"] = args.data_dir
+        metrics = lm.evaluate_text(read_text(args.text), args.batch_size, **adaptive)
         what = args.text
     else:
-        metrics = lm.evaluate(args.split, args.batch_size, args.data_dir)
+        metrics = lm.evaluate(args.split, args.batch_size, args.data_dir, **adaptive,
+                              **({"tune": True} if args.tune else {}))
         what = f"{args.split} split"
     if args.json:
         print(json.dumps({"run": str(args.run), "data": what, **metrics}))
@@ -197,6 +224,7 @@ def evaluate_classifier(args: argparse.Namespace) -> int:
         raise RnnlabError("--text scores language models; for a classifier give a labelled "
                           "file as --test when training, or use `rnnlab predict`")
     clf = TextClassifier.load(args.run, device=args.device, weights=args.weights)
+    use_quantization(clf, args.quantize)
     report = clf.evaluate(args.split, args.data_dir)
     png = None
     try:
@@ -209,6 +237,16 @@ def evaluate_classifier(args: argparse.Namespace) -> int:
     print(reports.classifier_report(report, args.split))
     if png:
         print(f"wrote {png}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """One JSON line per input line: its log-probability, tokens, unknown tokens, perplexity."""
+    lm = LanguageModel.load(args.run, device=args.device)
+    use_threads(args.threads, lm.config)
+    lines = (sys.stdin.read() if args.file == "-" else read_text(args.file)).splitlines()
+    for line, result in zip(lines, lm.score(lines), strict=True):
+        print(reports.score_line(line, result))
     return 0
 
 
@@ -249,9 +287,14 @@ def read_predict_file(path: str) -> list[str]:
 def cmd_generate(args: argparse.Namespace) -> int:
     lm = LanguageModel.load(args.run, device=args.device)
     use_threads(args.threads, lm.config)
+    use_quantization(lm, args.quantize)
     options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    skip=[t for t in args.skip.split(",") if t], stop_at_eos=args.stop_at_eos,
-                   seed=args.seed, skip_unknown=args.skip_unknown)
+                   seed=args.seed, skip_unknown=args.skip_unknown, **sample_cache_options(args))
+    if lm.line_mode:
+        return generate_lines(lm, args, options)
+    if args.label is not None or args.novelty:
+        raise RnnlabError("--label and --novelty need a run trained line by line (--lines)")
     if args.num_samples == 1:  # stream to the terminal as it is generated
         pieces = lm.stream(args.prime, args.tokens, **options)
         # The first piece checks the options and the prime: a bad one fails before anything is
@@ -268,6 +311,38 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for i, text in enumerate(texts):
         print(f"--- sample {i + 1}")
         print(args.prime + (joiner if args.prime else "") + text)
+    return 0
+
+
+def generate_lines(lm: LanguageModel, args: argparse.Namespace, options: dict[str, Any]) -> int:
+    """A line model's samples, one per line, each starting with --prime; then, with
+    --novelty, how many are training lines, held-out lines or new."""
+    texts = lm.generate(args.prime, args.tokens, label=args.label,
+                        num_samples=args.num_samples, **options)
+    for text in texts:
+        print(text)
+    if args.novelty:
+        from rnnlab.lines.inference import known_lines, novelty
+
+        print(reports.novelty_line(novelty(texts, known_lines(lm))))
+    return 0
+
+
+# --- serve / export ----------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from rnnlab.serve.command import serve_command  # FastAPI is an optional extra
+
+    return serve_command(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from rnnlab.export.onnx import export_run
+
+    out = export_run(args.run, args.out, fmt=args.format, weights=args.weights,
+                     quantization=args.quantize)
+    print(f"wrote {out / 'model.onnx'}, vocab.json and meta.json")
     return 0
 
 
@@ -297,6 +372,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.action == "list":
         print(reports.corpora_table(CORPORA, data_dir(args.data_dir)))
         return 0
+    if args.action == "prepare":
+        return _data_prepare(args)
     if not args.name:
         raise RnnlabError(f"`rnnlab data {args.action}` needs a corpus name")
     get_corpus(args.name)
@@ -304,8 +381,32 @@ def cmd_data(args: argparse.Namespace) -> int:
         folder = corpus_folder(args.name, args.data_dir)
         print(folder if folder is not None else "(built-in, no files)")
         return 0
+    checks = {f.split: "sha256 verified" if f.sha256 else "checked in its archive"
+              for f in get_corpus(args.name).files}
     for split, path in corpus_files(args.name, args.data_dir, verify=True).items():
-        print(f"{split}: {path} (sha256 verified)")
+        print(f"{split}: {path} ({checks[split]})")
+    return 0
+
+
+def _data_prepare(args: argparse.Namespace) -> int:
+    """Prepare the token ids that ``train`` with the same data flags would map, and say where."""
+    from rnnlab.lm.data import prepared_data
+
+    overrides = {key: value for key, value in {
+        "data.corpus": args.corpus or args.name, "data.train": args.train_file,
+        "data.valid": args.valid_file, "data.test": args.test_file, "data.text": args.text,
+        "data.level": args.level, "data.data_dir": args.data_dir}.items() if value is not None}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise RnnlabError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = value.strip()
+    config = resolve_config(preset=args.preset, config_file=args.config, overrides=overrides)
+    prepared = prepared_data(config.data, force=True)
+    if prepared is None:
+        raise RnnlabError("only text files and file corpora are prepared; this source is "
+                          "made in memory")
+    print(reports.prepared_summary(prepared))
     return 0
 
 
@@ -329,6 +430,9 @@ COMMANDS = {
     "eval": cmd_eval,
     "generate": cmd_generate,
     "predict": cmd_predict,
+    "score": cmd_score,
+    "serve": cmd_serve,
+    "export": cmd_export,
     "data": cmd_data,
     "plot": cmd_plot,
     "runs": cmd_runs,

@@ -1,21 +1,14 @@
 """Configuration: dataclasses shared by the CLI, the Python API and the run directory.
 
-Precedence, lowest first: dataclass defaults < ``--preset`` < ``--config FILE.toml`` <
-``--set section.key=value`` (the CLI's own flags such as ``--epochs`` are sugar for ``--set``).
-Unknown keys and values of the wrong type are errors, and the fully resolved config is written
-into every run directory as ``config.json`` with a format version.
+Each section checks its own values (``validate``); reading presets, TOML files and ``--set``
+overrides into a :class:`RunConfig` is :mod:`rnnlab.config_resolve`'s job.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from rnnlab.errors import RnnlabError
@@ -25,12 +18,13 @@ FORMAT_VERSION = 1
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 TASKS = ("lm", "classify")
 LEVELS = ("word", "char")
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd", "nt-asgd", "asgd")
 SCHEDULES = ("constant", "plateau", "cosine")
 INPUTS = ("embedding", "onehot")
 POOLINGS = ("last", "mean", "max", "concat")
 OUTPUTS = ("softmax", "adaptive")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+UNITS = ("stream", "line")
 
 
 @dataclass
@@ -52,6 +46,11 @@ class ModelConfig:
 
     ``None`` keeps a config written before the input and output rates were separate meaning
     what it meant then: one ``dropout`` in all three places.
+
+    ``weight_drop`` drops hidden-to-hidden weights instead (DropConnect, Wan et al., 2013; the
+    weight-dropped LSTM of Merity et al., 2017). ``hidden_sizes`` gives every layer its own
+    size (e.g. 1150, 1150, 400); the layers then run as separate modules, with the dropout
+    between them locked over time as in Merity et al.
     """
 
     cell: str = "lstm"
@@ -62,6 +61,8 @@ class ModelConfig:
     input_dropout: float | None = None  # on the recurrent stack's inputs; None: as dropout
     output_dropout: float | None = None  # before the decoder or head; None: as dropout
     embedding_dropout: float = 0.0  # drops whole word types (Gal & Ghahramani, 2016)
+    weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden matrices (Merity et al., 2017)
+    hidden_sizes: list[int] | None = None  # per layer; None: hidden_size in all num_layers
     tie_weights: bool = True  # share input and output embeddings (Press & Wolf, 2017)
     input: str = "embedding"  # "onehot" is the classic char-rnn input
     output: str = "softmax"  # or "adaptive": cheaper softmax over frequency clusters (Grave 2017)
@@ -85,9 +86,18 @@ class ModelConfig:
         _positive("model.num_layers", self.num_layers)
         _fraction("model.dropout", self.dropout)
         _fraction("model.embedding_dropout", self.embedding_dropout)
+        _fraction("model.weight_drop", self.weight_drop)
+        if self.hidden_sizes is not None:
+            if len(self.hidden_sizes) != self.num_layers or min(self.hidden_sizes) <= 0:
+                raise RnnlabError(f"model.hidden_sizes must be {self.num_layers} positive sizes "
+                                  f"(one per layer, model.num_layers), got {self.hidden_sizes}")
         for name in ("input_dropout", "output_dropout"):
             if getattr(self, name) is not None:
                 _fraction(f"model.{name}", getattr(self, name))
+
+    def layer_sizes(self) -> list[int]:
+        """The hidden size of every layer, first to last."""
+        return list(self.hidden_sizes or [self.hidden_size] * self.num_layers)
 
     def dropout_rates(self) -> tuple[float, float, float]:
         """The (input, between layers, output) dropout rates, ``None`` resolved to ``dropout``."""
@@ -100,11 +110,13 @@ class ModelConfig:
 class DataConfig:
     """Where the text comes from and how it is cut into batches.
 
-    Carving a validation set, for both tasks: one file (``--text``, or a corpus shipped as one
-    file) is cut into train/valid[/test] by the ``split`` fractions; a training set that comes
-    without a validation set (``--train`` without ``--valid``, or a corpus such as imdb) gives
-    up its share: a language model's by ``split`` (contiguous text), a classifier's by
-    ``valid_fraction`` (stratified by label, seeded by ``train.seed``).
+    Carving a validation set, one rule for both tasks (:mod:`rnnlab.data.splits`): data without
+    its own validation set gives up a fraction of itself, taken from its end for a stream of
+    text and stratified by label (seeded by ``train.seed``) for labelled examples. One file
+    (``--text``, or a corpus shipped as one file) is cut by the ``split`` fractions; a training
+    set given without a validation set (``--train`` without ``--valid``, or imdb) gives up a
+    language model's ``split`` share (default 0.1) or a classifier's ``valid_fraction``
+    (default 0.2).
     """
 
     corpus: str | None = "synthetic"  # a known corpus; None when files are given
@@ -114,6 +126,8 @@ class DataConfig:
     text: str | None = None  # one file, split by `split`
     split: list[float] = field(default_factory=lambda: [0.9, 0.1, 0.0])  # train, valid, test
     level: str = "word"
+    # "line": every non-empty line is one example read from a fresh state (rnnlab.lines)
+    unit: str = "stream"
     data_dir: str | None = None  # cache of known corpora; default $RNNLAB_DATA or ~/.cache/rnnlab
     min_freq: int = 1
     max_vocab: int = 0  # 0: no limit
@@ -122,6 +136,9 @@ class DataConfig:
     variable_bptt: bool = False  # random window lengths around bptt (Merity et al., 2017)
     eval_batch_size: int = 10
     synthetic_tokens: int = 600_000  # training tokens of the built-in synthetic corpus
+    # Token ids memory-mapped from DATA_DIR/prepared/ (rnnlab.data.prepared): "auto" for text
+    # files of PREPARED_AUTO_BYTES or more, "always", or "never" (held in memory).
+    prepared: str = "auto"
     # classification
     text_field: str = "text"
     label_field: str = "label"
@@ -130,6 +147,8 @@ class DataConfig:
 
     def validate(self) -> None:
         _choice("data.level", self.level, LEVELS)
+        _choice("data.prepared", self.prepared, ("auto", "always", "never"))
+        _choice("data.unit", self.unit, UNITS)
         for name in ("batch_size", "bptt", "eval_batch_size", "min_freq", "max_length",
                      "synthetic_tokens"):
             _positive(f"data.{name}", getattr(self, name))
@@ -163,6 +182,17 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.0
     momentum: float = 0.0  # SGD only
+    # "nt-asgd": SGD whose iterates are averaged once the validation loss has not improved on
+    # the best of all but the last `nonmono` evaluations (Merity et al., 2017); "asgd" averages
+    # from the first step (fine-tuning). Evaluation and the best weights use the average.
+    nonmono: int = 5
+    # Activation regularisation on the last layer's outputs (Merity et al., 2017): AR on the
+    # dropped outputs, TAR on the step-to-step change of the undropped ones; 0: off.
+    ar_alpha: float = 0.0
+    tar_beta: float = 0.0
+    # Each window's learning rate scaled by its length / data.bptt (Merity et al., 2017), so
+    # short windows of variable BPTT do not weigh as much as full ones.
+    scale_lr_by_window: bool = False
     schedule: str = "plateau"  # constant | plateau (divide by 1/lr_decay) | cosine over the budget
     lr_decay: float = 0.25  # plateau: multiply the lr by this when valid loss does not improve
     patience: int = 0  # plateau: evaluations without improvement before decaying
@@ -179,13 +209,16 @@ class TrainConfig:
     seed: int = 1234
     threads: int = 0  # 0: PyTorch's default
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "fp32"  # or bf16, fp16, auto: bf16 where computed natively, else fp32
     # The CPU fast paths (rnnlab.fast); false runs plain PyTorch, as does RNNLAB_FAST=0.
     fast: bool = True
     # A finished run to start from: its embeddings (matched by word) and, with init_recurrent,
     # its same-shaped recurrent weights, e.g. a language model trained on unlabelled text.
     init_from: str | None = None
     init_recurrent: bool = True
+    # The run this one fine-tunes: it starts from that run's best weights (rnnlab train
+    # --finetune RUN); recorded here so that the run directory names its parent.
+    finetune_from: str | None = None
 
     def validate(self) -> None:
         _choice("train.optimizer", self.optimizer, OPTIMIZERS)
@@ -195,9 +228,10 @@ class TrainConfig:
         _positive("train.epochs", self.epochs)
         for name in ("weight_decay", "momentum", "clip", "max_steps", "max_minutes", "eval_every",
                      "early_stop", "checkpoint_every", "log_every", "threads", "patience",
-                     "warmup_steps", "min_lr"):
+                     "warmup_steps", "min_lr", "ar_alpha", "tar_beta"):
             if getattr(self, name) < 0:
                 raise RnnlabError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        _positive("train.nonmono", self.nonmono)
         if not 0 < self.lr_decay <= 1:
             raise RnnlabError(f"train.lr_decay must be in (0, 1], got {self.lr_decay}")
 
@@ -219,6 +253,14 @@ class RunConfig:
         self.model.validate()
         self.data.validate()
         self.train.validate()
+        awd = {"model.weight_drop": self.model.weight_drop, "model.hidden_sizes":
+               self.model.hidden_sizes, "train.ar_alpha": self.train.ar_alpha,
+               "train.tar_beta": self.train.tar_beta,
+               "train.scale_lr_by_window": self.train.scale_lr_by_window}
+        used = [key for key, value in awd.items() if value]
+        if used and self.data.unit == "line":
+            raise RnnlabError(f"{used[0]} is for a language model read as a stream; a model "
+                              f"read line by line (data.unit = line) does not take it")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -227,147 +269,13 @@ class RunConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], *, source: str = "config") -> RunConfig:
         """Build a config from a (possibly partial) nested dict, checking keys and types."""
-        config = cls()
-        apply_overrides(config, _flatten(_strip_header(raw, source)), source=source)
-        return config
+        # Imported here because the reader needs these dataclasses to know the keys and types.
+        from rnnlab.config_resolve import config_from_dict
+
+        return config_from_dict(raw, source=source)
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
-
-# Keys that mean something for one task only, with that task.
-TASK_ONLY: dict[str, str] = {
-    "model.tie_weights": "lm", "model.input": "lm", "model.output": "lm", "model.cutoffs": "lm",
-    "data.bptt": "lm", "data.variable_bptt": "lm", "data.synthetic_tokens": "lm",
-    "model.bidirectional": "classify", "model.pooling": "classify",
-    "data.text_field": "classify", "data.label_field": "classify", "data.max_length": "classify",
-    "data.valid_fraction": "classify",
-}
-# Values besides the default that still mean "unused" for the other task: a classifier ties no
-# weights, so `tie_weights = false` (as the imdb presets write it) is what it does anyway.
-_INERT: dict[str, Any] = {"model.tie_weights": False}
-
-
-def check_task_fields(config: RunConfig, named: dict[str, str]) -> None:
-    """Refuse a value set for the other task's keys (``named``: key -> where it was set).
-
-    Only a value that differs from the field's default counts, so that a preset copied whole
-    into a config file, or a default written out, stays valid for either task.
-    """
-    for key, source in named.items():
-        owner = TASK_ONLY.get(key)
-        if owner is None or owner == config.task:
-            continue
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        default = getattr(SECTIONS[section](), name)
-        if value != default and not (key in _INERT and value == _INERT[key]):
-            raise RnnlabError(f"{source}: {key} is for --task {owner} only, and this run's "
-                              f"task is {config.task}")
-
-
-def _strip_header(raw: dict[str, Any], source: str) -> dict[str, Any]:
-    """A copy of ``raw`` without ``format_version`` (checked) and ``description`` (free text)."""
-    raw = dict(raw)
-    version = raw.pop("format_version", FORMAT_VERSION)
-    if version != FORMAT_VERSION:
-        raise RnnlabError(
-            f"{source}: config format version {version} is not supported "
-            f"(this rnnlab reads version {FORMAT_VERSION})"
-        )
-    raw.pop("description", None)
-    return raw
-
-
-def _flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in raw.items():
-        if isinstance(value, dict) and not prefix and key in SECTIONS:
-            flat.update(_flatten(value, f"{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
-def apply_overrides(config: RunConfig, values: dict[str, Any], *, source: str) -> None:
-    """Set ``section.key`` (or a bare ``key`` that names one field) values on ``config``.
-
-    String values are parsed according to the field's type, so ``--set train.lr=3e-3`` works.
-    """
-    for key, value in values.items():
-        section, name = _resolve_key(key, source)
-        target = config if section is None else getattr(config, section)
-        hint = typing.get_type_hints(type(target))[name]
-        setattr(target, name, _coerce(value, hint, f"{source}: {key}"))
-
-
-def _resolve_key(key: str, source: str) -> tuple[str | None, str]:
-    if "." in key:
-        section, _, name = key.partition(".")
-        if section in SECTIONS and name in _field_names(SECTIONS[section]):
-            return section, name
-        raise RnnlabError(f"{source}: unknown config key '{key}' (see `rnnlab presets --keys`)")
-    if key in ("task", "preset"):
-        return None, key
-    owners = [s for s, cls in SECTIONS.items() if key in _field_names(cls)]
-    if len(owners) == 1:
-        return owners[0], key
-    if len(owners) > 1:
-        raise RnnlabError(f"{source}: key '{key}' is ambiguous; write one of "
-                          + ", ".join(f"{s}.{key}" for s in owners))
-    raise RnnlabError(f"{source}: unknown config key '{key}' (see `rnnlab presets --keys`)")
-
-
-def canonical_key(key: str, source: str = "--set") -> str:
-    """``section.name`` for a key written either that way or as a bare field name."""
-    section, name = _resolve_key(key, source)
-    return name if section is None else f"{section}.{name}"
-
-
-def _field_names(cls: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Convert ``value`` (a TOML/JSON value or a CLI string) to the type ``hint``."""
-    args = typing.get_args(hint)
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            return None
-        hint = next(a for a in args if a is not type(None))
-        args = typing.get_args(hint)
-    if typing.get_origin(hint) is list:
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            raise RnnlabError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(item, args[0], where) for item in items]
-    try:
-        if hint is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
-                return True
-            if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
-                return False
-            raise ValueError
-        if hint is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if hint is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if hint is str:
-            if not isinstance(value, str):
-                raise ValueError
-            return value
-    except (TypeError, ValueError):
-        pass
-    else:
-        raise RnnlabError(f"{where}: unsupported type {hint}")
-    name = getattr(hint, "__name__", str(hint))
-    raise RnnlabError(f"{where}: expected {name}, got {value!r}")
-
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
@@ -392,96 +300,3 @@ def _positive(name: str, value: float) -> None:
 def _fraction(name: str, value: float) -> None:
     if not 0 <= value < 1:
         raise RnnlabError(f"{name} must be in [0, 1), got {value}")
-
-
-# --- presets -------------------------------------------------------------------------------
-
-
-def preset_names() -> list[str]:
-    """Names of the built-in recipes (``src/rnnlab/presets/*.toml``)."""
-    folder = resources.files("rnnlab") / "presets"
-    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
-
-
-def preset_text(name: str) -> str:
-    """The TOML source of a built-in preset, comments included."""
-    if name not in preset_names():
-        raise RnnlabError(f"unknown preset '{name}'; known: {', '.join(preset_names())}")
-    return (resources.files("rnnlab") / "presets" / f"{name}.toml").read_text(encoding="utf-8")
-
-
-def read_preset(name: str) -> dict[str, Any]:
-    """The raw TOML table of a built-in preset."""
-    return tomllib.loads(preset_text(name))
-
-
-def read_toml(path: str | Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RnnlabError(f"config file not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise RnnlabError(f"config file {path} is not valid TOML: {exc}") from None
-
-
-def default_preset(task: str, level: str, corpus: str | None) -> str:
-    """The recipe used when the user names none."""
-    if task == "classify":
-        return "imdb-bilstm"
-    if level == "char":
-        return "char-fast"
-    return "synthetic" if corpus == "synthetic" else "word-small"
-
-
-def resolve_config(
-    *,
-    preset: str | None = None,
-    config_file: str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> RunConfig:
-    """Defaults < preset < config file < overrides, then validated.
-
-    Without a preset, one is chosen from the task, level and corpus that the config file and
-    overrides name (see :func:`default_preset`).
-    """
-    layers: list[tuple[str, dict[str, Any]]] = []
-    if config_file is not None:
-        # A config file has the same form as a preset (it may be a copy of one).
-        file_values = _strip_header(read_toml(config_file), str(config_file))
-        # Popped even when `preset` is given, else it would be applied below as a plain key and
-        # record a preset that was not the one loaded.
-        file_preset = file_values.pop("preset", None)
-        preset = preset or file_preset
-        layers.append((str(config_file), _flatten(file_values)))
-    layers.append(("--set", dict(overrides or {})))
-    if preset is None:
-        probe = RunConfig()
-        _apply_layers(probe, layers)
-        preset = default_preset(probe.task, probe.data.level, probe.data.corpus)
-    raw = _strip_header(read_preset(preset), f"preset {preset}")
-    config = RunConfig.from_dict(raw, source=f"preset {preset}")
-    config.preset = preset
-    _apply_layers(config, layers)
-    # The last layer to name a key is the one to blame for its value.
-    named = {canonical_key(k, s): s for s, values in [(f"preset {preset}", _flatten(raw)),
-                                                      *layers] for k in values}
-    config.validate()
-    check_task_fields(config, named)
-    return config
-
-
-def _apply_layers(config: RunConfig, layers: list[tuple[str, dict[str, Any]]]) -> None:
-    for source, values in layers:
-        apply_overrides(config, values, source=source)
-    named = {_resolve_key(k, s) for s, values in layers for k in values}
-    if ("data", "corpus") not in named and (config.data.train or config.data.text):
-        # Local files replace the preset's (or default) corpus; done for the probe too, so that
-        # a run on local files does not get the synthetic corpus's preset.
-        config.data.corpus = None
-    if ("data", "level") not in named and config.data.corpus:
-        # A corpus read at its natural level unless the user asks otherwise (Shakespeare: chars).
-        from rnnlab.data.corpora import CORPORA
-
-        known = CORPORA.get(config.data.corpus)
-        if known is not None:
-            config.data.level = known.level

@@ -18,7 +18,8 @@ from rnnlab import fast
 from rnnlab.data.text import word_tokens
 from rnnlab.data.vocab import EOS, Vocab
 from rnnlab.errors import RnnlabError
-from rnnlab.models.cells import State
+from rnnlab.lm.cache import CacheSettings, cache_probs
+from rnnlab.models.cells import State, map_state
 from rnnlab.models.language_model import RNNLanguageModel
 
 
@@ -35,6 +36,11 @@ class SampleConfig:
     num_samples: int = 1
     seed: int | None = None
     skip_unknown: bool = False  # char level: drop prime characters outside the vocabulary
+    # A neural cache of the prompt and the text so far mixed into each step (Grave et al., 2017)
+    cache: bool = False
+    cache_window: int = 500
+    cache_theta: float = 0.3
+    cache_lambda: float = 0.1
 
     def validate(self) -> SampleConfig:
         if self.max_tokens <= 0:
@@ -48,7 +54,12 @@ class SampleConfig:
             raise RnnlabError(f"top-p must be in (0, 1], got {self.top_p}")
         if self.num_samples <= 0:
             raise RnnlabError(f"the number of samples must be positive, got {self.num_samples}")
+        if self.cache:
+            self.cache_settings()
         return self
+
+    def cache_settings(self) -> CacheSettings:
+        return CacheSettings(self.cache_window, self.cache_theta, self.cache_lambda).validate()
 
 
 def sample_next(
@@ -96,17 +107,17 @@ def _inverse_cdf(logits: torch.Tensor, generator: torch.Generator | None) -> tor
 
 def expand_state(state: State, copies: int) -> State:
     """Repeat a batch-1 state ``copies`` times along the batch dimension."""
-    if isinstance(state, tuple):
-        return tuple(s.expand(-1, copies, -1).contiguous() for s in state)  # type: ignore[return-value]
-    return state.expand(-1, copies, -1).contiguous()
+    return map_state(lambda s: s.expand(-1, copies, -1).contiguous(), state)
 
 
 @torch.inference_mode()
 def generate_ids(
     model: RNNLanguageModel, prompt: list[int], config: SampleConfig,
-    banned: list[int] = (), eos_id: int | None = None,
+    banned: list[int] = (), eos_id: int | None = None, state: State | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield (num_samples,) ids, one step at a time, after reading ``prompt`` once.
+
+    ``state``: the batch-1 state the prompt is read from (default: zeros), e.g. a label's.
 
     With ``config.stop_at_eos`` a sample that produced ``eos_id`` keeps emitting ``eos_id`` and the
     iteration ends when every sample has finished.
@@ -121,13 +132,19 @@ def generate_ids(
     else:
         generator.manual_seed(config.seed)
     tokens = torch.tensor([prompt], device=device)  # (1, P)
-    logits, state = model(tokens)
-    logits = logits[:, -1].expand(config.num_samples, -1)  # (N, V)
-    state = expand_state(state, config.num_samples)
+    cached = CachedSteps(model, config.cache_settings()) if config.cache else None
+    if cached is not None:
+        logits, state = cached.start(tokens, config.num_samples, state)
+    else:
+        logits, state = model(tokens, state)
+        logits = logits[:, -1].expand(config.num_samples, -1)  # (N, V)
+        state = expand_state(state, config.num_samples)
     banned_ids = torch.tensor(sorted(set(banned)), dtype=torch.long, device=device)
     done = torch.zeros(config.num_samples, dtype=torch.bool, device=device)
     # Fast path: weights laid out for one-token steps (rnnlab.fast.stepper), same logits.
-    stepper = fast.TokenStepper(model) if fast.enabled() else None
+    # A stack of layers of their own sizes has no fast step; it runs the model itself.
+    steppable = cached is None and isinstance(model.rnn, torch.nn.RNNBase)
+    stepper = fast.TokenStepper(model) if fast.enabled() and steppable else None
     for _ in range(config.max_tokens):
         next_ids = sample_next(logits, temperature=config.temperature, top_k=config.top_k,
                                top_p=config.top_p, banned=banned_ids, generator=generator)
@@ -137,11 +154,48 @@ def generate_ids(
         yield next_ids
         if config.stop_at_eos and bool(done.all()):
             return
-        if stepper is not None:
+        if cached is not None:
+            logits, state = cached.step(next_ids, state)
+        elif stepper is not None:
             logits, state = stepper.step(next_ids, state)  # one step: (N,) -> (N, V)
         else:
             logits, state = model(next_ids[:, None], state)  # (N, 1) -> (N, 1, V)
             logits = logits[:, 0]
+
+
+class CachedSteps:
+    """Decoding with the neural cache: the pairs (h_i, x_{i+1}) of the prompt and of the tokens
+    sampled so far, the last ``window`` of them, mix into each step's distribution (see
+    ``rnnlab.lm.cache.cache_probs``); the logits handed to ``sample_next`` are its logarithm."""
+
+    def __init__(self, model: RNNLanguageModel, settings: CacheSettings):
+        self.model, self.settings = model, settings
+
+    def start(self, tokens: torch.Tensor, samples: int,
+              state: State | None = None) -> tuple[torch.Tensor, State]:
+        """(1, P) prompt -> (N, V) logits of the first sampled token, and the (N) state."""
+        features, state = self.model.features(tokens, state)  # (1, P, D)
+        window = self.settings.window
+        self.keys = features[:, :-1][:, -window:].expand(samples, -1, -1)  # (N, W, D)
+        self.values = tokens[:, 1:][:, -window:].expand(samples, -1)  # (N, W)
+        self.query = features[:, -1].expand(samples, -1)  # (N, D)
+        return self.logits(), expand_state(state, samples)
+
+    def step(self, next_ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """(N,) sampled ids -> (N, V) logits of the next token; the pair joins the cache."""
+        window = self.settings.window
+        self.keys = torch.cat([self.keys, self.query[:, None]], dim=1)[:, -window:]
+        self.values = torch.cat([self.values, next_ids[:, None]], dim=1)[:, -window:]
+        features, state = self.model.features(next_ids[:, None], state)  # (N, 1, D)
+        self.query = features[:, 0]
+        return self.logits(), state
+
+    def logits(self) -> torch.Tensor:
+        if self.model.adaptive is not None:
+            probs = self.model.adaptive.log_prob(self.query).exp()
+        else:
+            probs = self.model.decoder(self.query).float().softmax(dim=-1)  # (N, V)
+        return cache_probs(probs, self.query, self.keys, self.values, self.settings).log()
 
 
 def encode_prompt(vocab: Vocab, prime: str, config: SampleConfig) -> list[int]:

@@ -8,12 +8,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
+import time
 import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rnnlab import checkpoint as ckpt
-from rnnlab.config import SECTIONS, TASK_ONLY, RunConfig
+from rnnlab.config import SECTIONS, RunConfig
+from rnnlab.config_resolve import TASK_ONLY
 from rnnlab.errors import RnnlabError
 
 if TYPE_CHECKING:
@@ -43,6 +46,8 @@ def budget_line(minutes: float, used_minutes: float) -> str:
 def lm_report(report: dict[str, Any]) -> str:
     """Best valid perplexity beside the baselines, and test perplexity (see
     ``runner.lm_final_report`` for the keys)."""
+    if report.get("unit") == "line":
+        return line_report(report)
     valid = report["valid_ppl"]
     line = f"valid ppl {valid:.2f} (best checkpoint) | unigram baseline {report['unigram_ppl']:.2f}"
     if "true_ppl" in report:
@@ -60,11 +65,50 @@ def lm_samples(lm: LanguageModel, count: int) -> list[str]:
     """``count`` short samples at temperature 0.8, never the unknown symbol, one per line."""
     if count <= 0:
         return []
+    if lm.line_mode:
+        return line_samples(lm, count)
     vocab = lm.vocab
     prime = "" if vocab.level == "word" else ("\n" if "\n" in vocab else vocab.itos[1])
     texts = lm.generate(prime, 30 if vocab.level == "word" else 200, num_samples=count,
                         temperature=0.8, seed=1, skip=[vocab.unk] if vocab.unk else [])
     return [f"sample {i + 1}: {text.strip()}" for i, text in enumerate(texts)]
+
+
+def line_report(report: dict[str, Any]) -> str:
+    """A line model's best valid metrics and its test metrics (``lines.inference``'s keys)."""
+    out = []
+    for split in ("valid", "test"):
+        if split in report:
+            m = report[split]
+            out.append(f"{split}: loss {m['loss']:.4f} nats/token ({m['bits']:.4f} bits, ppl "
+                       f"{m['ppl']:.2f}, </s> included) | NLL per line {m['nll_per_line']:.3f} "
+                       f"nats over {m['lines']:,} lines"
+                       + (" (best checkpoint)" if split == "valid" else ""))
+    return "\n".join(out)
+
+
+def line_samples(lm: LanguageModel, count: int) -> list[str]:
+    """``count`` whole lines sampled at temperature 1 (the model's own distribution), spread
+    over the labels of a conditioned model, then their novelty."""
+    from rnnlab.lines.inference import known_lines, novelty
+
+    labels = lm.label_names or [None]
+    skip = [lm.vocab.unk] if lm.vocab.unk else []
+    out, texts = [], []
+    for i, label in enumerate(labels):
+        share = count // len(labels) + (i < count % len(labels))
+        if share:
+            got = lm.generate("", 100, label=label, num_samples=share, seed=1 + i, skip=skip)
+            texts += got
+            out += [f"sample {len(out) + j + 1}: " + (f"[{label}] " if label else "") + text
+                    for j, text in enumerate(got)]
+    return [*out, novelty_line(novelty(texts, known_lines(lm)))]
+
+
+def novelty_line(counts: dict[str, int]) -> str:
+    """makemore's three counts: samples that are training lines, held-out lines, or new."""
+    return (f"novelty of {sum(counts.values())} samples: {counts['train']} in train, "
+            f"{counts['valid/test']} in valid/test, {counts['new']} new")
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -76,9 +120,66 @@ def lm_eval_report(metrics: dict[str, Any], what: str, level: str, unk: str | No
     lines = [f"{what}: {metrics['tokens']:,} target {unit}s, batch size {metrics['batch_size']}",
              f"loss {metrics['loss']:.4f} nats/{unit} | ppl {metrics['ppl']:.2f} | "
              f"{metrics['bits']:.4f} bits/{unit}"]
+    if "nll_per_line" in metrics:
+        lines.append(f"{metrics['lines']:,} lines (each ends with </s>, counted above) | NLL "
+                     f"per line {metrics['nll_per_line']:.4f} nats")
     if "unknown" in metrics:
         lines.append(f"unknown {unit}s mapped to {unk}: {metrics['unknown']:,}")
+    if "adaptive" in metrics:
+        lines.append(adaptive_line(metrics))
     return "\n".join(lines)
+
+
+def adaptive_line(metrics: dict[str, Any]) -> str:
+    """Which adaptive evaluation ran, with which settings (and, after tuning, on what)."""
+    parts = [f"{metrics['adaptive']} evaluation, {metrics['settings']} settings"]
+    if "dynamic" in metrics:
+        d = metrics["dynamic"]
+        parts.append(f"lr {d['lr']:g} decay {d['decay']:g} segment {d['segment']}")
+    if "cache" in metrics:
+        c = metrics["cache"]
+        parts.append(f"cache window {c['window']} theta {c['theta']:g} lambda {c['lam']:g}")
+    line = " | ".join(parts)
+    if "tune_ppl" in metrics:
+        line += (f"\ntuned on the first {metrics['tune_tokens']:,} valid tokens: ppl "
+                 f"{metrics['tune_ppl']:.2f} (static {metrics['tune_static_ppl']:.2f}); "
+                 f"recorded in RUN/adaptive.json")
+    return line
+
+
+def score_line(text: str, result: dict[str, Any]) -> str:
+    """One JSON line for ``rnnlab score``: the text and its log-probability, counts, ppl."""
+    ppl = result["ppl"]
+    return json.dumps({"text": text, "logprob": round(result["logprob"], 6),
+                       "tokens": result["tokens"], "unknown": result["unknown"],
+                       "ppl": None if ppl is None or math.isinf(ppl) else round(ppl, 6)},
+                      ensure_ascii=False)
+
+
+class _PlainProgress:
+    """Where no terminal shows a bar: one line when a slow step starts, one when it ends."""
+
+    def __init__(self, total: int, desc: str, stream: typing.TextIO):
+        self.desc, self.stream, self.done, self.total = desc, stream, 0, total
+        self.start = time.monotonic()
+        print(f"{desc}: {total:,} steps ...", file=stream, flush=True)
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+
+    def close(self) -> None:
+        print(f"{self.desc}: done in {time.monotonic() - self.start:.0f} s", file=self.stream,
+              flush=True)
+
+
+def progress_bar(total: int, desc: str) -> Any:
+    """A tqdm bar with ETA on stderr when it is a terminal; otherwise a plain start/end line."""
+    stream = sys.stderr
+    if not stream.isatty():
+        return _PlainProgress(total, desc, stream)
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, file=stream, dynamic_ncols=True, leave=False)
 
 
 def classifier_report(report: dict[str, Any], split: str) -> str:
@@ -279,4 +380,14 @@ def format_runs(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{row['run']:40} {row['task']:8} {str(row['data'])[:16]:16} "
                      f"{str(row['preset'])[:12]:12} {shown:>12} {row['steps']:>7} "
                      f"{row['size_mb']:>6.1f}MB")
+    return "\n".join(lines)
+
+
+def prepared_summary(prepared: Any) -> str:
+    """What ``rnnlab data prepare`` wrote: the folder, its vocabulary and each split's ids."""
+    lines = [f"prepared data: {prepared.folder} ({prepared.status})",
+             f"vocabulary: {len(prepared.vocab)} {prepared.vocab.level} types"]
+    for name, ids in prepared.splits.items():
+        lines.append(f"{name}: {ids.numel():,} tokens ({prepared.unknown[name]:,} unknown), "
+                     f"{str(ids.dtype).removeprefix('torch.')}, {name}.bin")
     return "\n".join(lines)

@@ -105,6 +105,10 @@ def autocast_dtype(precision: str, device: torch.device, *, warn: bool = True
     """
     if precision == "fp32":
         return None
+    if precision == "auto":  # bf16 only where it is native: emulated bf16 is slower than fp32
+        native = (torch.cuda.is_bf16_supported(including_emulation=False)
+                  if device.type == "cuda" else device.type == "cpu" and cpu_has_native_bf16())
+        return torch.bfloat16 if native else None
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     if device.type == "cuda":
         if dtype == torch.float16 or torch.cuda.is_bf16_supported(including_emulation=False):

@@ -17,8 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from rnnlab.data.splits import carve
 from rnnlab.errors import RnnlabError
 
 FORMATS = (".csv", ".tsv", ".jsonl", ".ndjson")  # each optionally followed by .gz
@@ -49,9 +48,12 @@ def read_examples(
     same gzip-compressed, ``.gz``), choosing the format by extension.
 
     CSV/TSV need a header row naming the columns (TSV is read unquoted: one record per line).
-    ``rename`` maps label names, e.g. ``{"0": "neg", "1": "pos"}``.
+    ``rename`` maps label names, e.g. ``{"0": "neg", "1": "pos"}``. A folder is read with
+    :func:`read_label_folder`.
     """
     path = Path(path)
+    if path.is_dir():
+        return read_label_folder(path)
     texts: list[str] = []
     labels: list[str] = []
     lines: list[int] = []
@@ -68,6 +70,27 @@ def read_examples(
     if not texts:
         raise RnnlabError(f"{path} contains no examples (the file is empty)")
     return Examples(texts, labels, lines, str(path))
+
+
+def read_label_folder(folder: str | Path, skipped: list[int] | None = None) -> Examples:
+    """``FOLDER/<label>.txt`` files (e.g. ``names/Russian.txt``), one example per non-empty
+    line, labelled by the file's name; ``skipped[0]`` counts the empty lines left out."""
+    from rnnlab.data.text import read_text
+
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix == ".txt")
+    if not files:
+        raise RnnlabError(f"{folder} has no <label>.txt files")
+    texts, labels, lines = [], [], []
+    for path in files:
+        for number, line in enumerate(read_text(path).splitlines(), start=1):
+            if line.strip():
+                texts.append(line.strip())
+                labels.append(path.stem)
+                lines.append(number)
+            elif skipped is not None:
+                skipped[0] += 1
+    return Examples(texts, labels, lines, str(folder))
 
 
 def records(path: Path) -> Iterator[tuple[int, dict]]:
@@ -212,42 +235,9 @@ def check_labels(train: Examples, names: Sequence[str], others: Sequence[Example
 # --- splits --------------------------------------------------------------------------------
 
 
-def split_validation(
-    labels: Sequence[str], fraction: float, seed: int, *, stratify: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted (train, valid) indices with ``fraction`` of the examples in valid.
-
-    Seeded, and stratified by label by default so that valid has the classes' proportions.
-    """
-    labels_array = np.asarray(labels)
-    rng = np.random.default_rng(seed % 2**63)
-    groups = ([np.flatnonzero(labels_array == c) for c in sorted(set(labels))] if stratify
-              else [np.arange(len(labels_array))])
-    valid_parts = []
-    for group in groups:
-        take = min(round(len(group) * fraction), len(group) - 1)  # keep one of each for training
-        valid_parts.append(rng.permutation(group)[:take])
-    valid = np.sort(np.concatenate(valid_parts)) if valid_parts else np.array([], dtype=np.int64)
-    if valid.size == 0:
-        raise RnnlabError(
-            f"{len(labels_array)} examples are too few to hold out a validation fraction of "
-            f"{fraction}; give --valid FILE or more data"
-        )
-    train = np.setdiff1d(np.arange(len(labels_array)), valid)
-    return train, valid
-
-
 def split_examples(
     examples: Examples, fractions: Sequence[float], seed: int
-) -> list[Examples]:
-    """Cut one labelled file into train/valid[/test] by ``fractions`` (stratified, seeded)."""
-    pieces, rest = [], examples
-    remaining = 1.0
-    for fraction in fractions[1:]:
-        if fraction <= 0:
-            pieces.append(None)
-            continue
-        keep, held = split_validation(rest.labels, fraction / remaining, seed)
-        pieces.append(rest.subset(held))
-        rest, remaining = rest.subset(keep), remaining - fraction
-    return [rest, *pieces]
+) -> list[Examples | None]:
+    """Cut labelled examples into train/valid[/test] by ``fractions`` (see :func:`carve`)."""
+    return [None if index is None else examples.subset(index)
+            for index in carve(fractions, labels=examples.labels, seed=seed)]

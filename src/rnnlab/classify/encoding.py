@@ -46,10 +46,10 @@ class Interner:
 
     index: dict[str, int] = field(default_factory=dict)
 
-    def tokenize(self, texts: Sequence[str], max_length: int) -> Tokenized:
+    def tokenize(self, texts: Sequence[str], max_length: int, level: str = "word") -> Tokenized:
         ids, truncated, skipped, index = [], 0, [], self.index
         for position, text in enumerate(texts):
-            tokens = classifier_tokens(text)
+            tokens = classifier_tokens(text, level)
             if not tokens:
                 skipped.append(position)
                 continue
@@ -68,7 +68,8 @@ class Interner:
 
 
 def build_vocab(
-    interner: Interner, train: Sequence[np.ndarray], *, min_freq: int = 1, max_size: int = 0
+    interner: Interner, train: Sequence[np.ndarray], *, min_freq: int = 1, max_size: int = 0,
+    level: str = "word",
 ) -> Vocab:
     """A vocabulary of the training tokens: ``<pad>`` (id 0), ``<unk>``, then the tokens seen
     ``min_freq`` times, most frequent first, ties by first appearance; ``max_size`` (0: no limit)
@@ -84,7 +85,7 @@ def build_vocab(
     kept = [names[i] for i in order if names[i] not in SPECIALS]
     if max_size:
         kept = kept[: max(0, max_size - len(SPECIALS))]
-    return Vocab([*SPECIALS, *kept], level="word", unk=UNK)
+    return Vocab([*SPECIALS, *kept], level=level, unk=UNK)
 
 
 @dataclass
@@ -152,10 +153,11 @@ def encode_texts(
     texts: Sequence[str], vocab: Vocab, max_length: int
 ) -> tuple[list[list[int]], int]:
     """Ids of each text (truncated to ``max_length``) with a saved vocabulary, and how many were
-    truncated; for inference, where no training data is at hand."""
+    truncated; for inference, where no training data is at hand. The vocabulary's level says
+    how the texts were cut: words, or characters."""
     encoded, truncated = [], 0
     for text in texts:
-        tokens = classifier_tokens(text)
+        tokens = classifier_tokens(text, vocab.level)
         truncated += len(tokens) > max_length
         encoded.append(vocab.encode(tokens[:max_length]))
     return encoded, truncated

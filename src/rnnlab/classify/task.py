@@ -23,7 +23,6 @@ from rnnlab.classify.data import (
     check_labels,
     read_examples,
     split_examples,
-    split_validation,
 )
 from rnnlab.classify.data import (
     label_names as sorted_label_names,
@@ -34,6 +33,7 @@ from rnnlab.classify.metrics import SplitPredictions, classification_report
 from rnnlab.config import RunConfig
 from rnnlab.data.batching import bucket_batches, sorted_batches
 from rnnlab.data.corpora import SPLITS
+from rnnlab.data.splits import held_out_fractions
 from rnnlab.data.vocab import Vocab
 from rnnlab.errors import RnnlabError
 from rnnlab.models.classifier import RNNClassifier
@@ -82,6 +82,9 @@ class ClassificationTask:
     def train_loss(self, batch: Batch) -> tuple[torch.Tensor, int]:
         logits = self._logits(batch)  # (B, C)
         return F.cross_entropy(logits, batch.labels.to(self.device)), len(batch)
+
+    def lr_factor(self, batch: Any) -> float:
+        return 1.0  # every batch takes the scheduled learning rate
 
     def _logits(self, batch: Batch) -> torch.Tensor:
         tokens = batch.tokens.to(self.device, non_blocking=True)
@@ -151,7 +154,7 @@ def load_labelled_splits(config: RunConfig) -> dict[str, Examples]:
 
     Sources: a known corpus (imdb: its train and test; valid carved from train), ``data.train``
     with optional ``data.valid``/``data.test`` (valid carved from train when absent), or one
-    file ``data.text`` cut by ``data.split``. Carving is stratified and seeded by train.seed.
+    file ``data.text`` cut by ``data.split``. Carving follows :mod:`rnnlab.data.splits`.
     """
     data, seed = config.data, config.train.seed
     fields = {"text_field": data.text_field, "label_field": data.label_field}
@@ -168,10 +171,8 @@ def load_labelled_splits(config: RunConfig) -> dict[str, Examples]:
     else:
         raise RnnlabError("classification needs --corpus imdb, --train FILE or --text FILE")
     if "valid" not in sets:
-        train_index, valid_index = split_validation(sets["train"].labels, data.valid_fraction,
-                                                    seed)
-        sets["valid"] = sets["train"].subset(valid_index)
-        sets["train"] = sets["train"].subset(train_index)
+        sets["train"], sets["valid"] = split_examples(
+            sets["train"], held_out_fractions(data, "classify"), seed)
     return sets
 
 
@@ -198,12 +199,13 @@ def build_classification_task(
         raise RnnlabError(f"the data has no {', '.join(missing)} set (it has: "
                           f"{', '.join(examples)}); give --test FILE or use data.split")
     interner = Interner()
-    tokenized = {s: interner.tokenize(examples[s].texts, data.max_length) for s in wanted}
+    tokenized = {s: interner.tokenize(examples[s].texts, data.max_length, data.level)
+                 for s in wanted}
     for split in wanted:
         _check_skipped(split, examples[split], tokenized[split].skipped)
     if vocab is None:
         vocab = build_vocab(interner, tokenized["train"].ids, min_freq=data.min_freq,
-                            max_size=data.max_vocab)
+                            max_size=data.max_vocab, level=data.level)
     sets = {s: encode_set(tokenized[s], examples[s].labels, interner, vocab, names) for s in wanted}
     model = RNNClassifier(config.model, len(vocab), len(names)).to(device)
     stats = {

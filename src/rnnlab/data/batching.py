@@ -28,6 +28,8 @@ def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
 
     Consecutive rows overlap by one token so that the last target of row b is the token that
     row b+1 starts from: every target except the tail beyond ``B * L`` is predicted exactly once.
+    Compact ids (uint16/uint32, e.g. a memory-mapped prepared corpus) give a strided view of
+    them instead of a copy, so that the corpus is never loaded whole; ``windows`` converts.
     """
     length = (ids.numel() - 1) // batch_size
     if length < 1:
@@ -35,6 +37,8 @@ def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
             f"the text has {ids.numel()} tokens, too few for a batch of {batch_size} streams; "
             "use a smaller batch size or a longer text"
         )
+    if ids.dtype != torch.long:
+        return ids.as_strided((batch_size, length + 1), (length * ids.stride(0), ids.stride(0)))
     starts = torch.arange(batch_size) * length
     return ids[starts[:, None] + torch.arange(length + 1)]  # (B, L + 1), one gather, no loop
 
@@ -62,18 +66,20 @@ def window_lengths(
 
 
 def windows(
-    streams: torch.Tensor, lengths: list[int], start: int = 0
+    streams: torch.Tensor, lengths: list[int], start: int = 0,
+    device: torch.device | str | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(inputs, targets) pairs of shape (B, T) from ``batchify`` output; views, no copies.
 
-    ``start`` skips the first windows (resuming in the middle of an epoch).
+    ``start`` skips the first windows (resuming in the middle of an epoch). Compact streams
+    (a memory-mapped corpus) are copied one (B, T + 1) window at a time, as int64 on ``device``.
     """
     position = sum(lengths[:start])
     for length in lengths[start:]:
-        yield (
-            streams[:, position : position + length],
-            streams[:, position + 1 : position + 1 + length],
-        )
+        block = streams[:, position : position + length + 1]
+        if streams.dtype != torch.long:
+            block = block.to(device=device, dtype=torch.long)
+        yield block[:, :-1], block[:, 1:]
         position += length
 
 

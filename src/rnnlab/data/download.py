@@ -47,10 +47,19 @@ def _blocks(url: str, dest: Path, timeout: float) -> Iterator[bytes]:
     """The body of ``url`` in blocks; network failures become one clear error."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            yield from iter(lambda: response.read(1 << 20), b"")
+            declared, received = response.headers.get("Content-Length", ""), 0
+            for block in iter(lambda: response.read(1 << 20), b""):
+                received += len(block)
+                yield block
     except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         raise RnnlabError(
             f"could not download {url} ({reason}); you seem to be offline or the server "
             f"refused: fetch it by hand and place it at {dest}"
         ) from None
+    # A connection closed early ends the body quietly: only the declared length tells.
+    if declared.isdigit() and received != int(declared):
+        raise RnnlabError(
+            f"the download of {url} was cut short ({received} of {declared} bytes); "
+            f"nothing was saved to {dest}"
+        )

@@ -63,14 +63,18 @@ _CLASSIFIER_TOKEN = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
 _QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'"})
 
 
-def classifier_tokens(text: str) -> list[str]:
-    """A classifier's tokens: lower-cased words and punctuation, without markup or ``<eos>``.
+def classifier_tokens(text: str, level: str = "word") -> list[str]:
+    """A classifier's tokens: lower-cased words and punctuation, without markup or ``<eos>``;
+    at ``level="char"`` the text's characters as written (case kept: a name's capital is part
+    of its spelling), without the whitespace around them.
 
     Unlike :func:`word_tokens`, which keeps a corpus's own tokenisation, this reads raw reviews:
     HTML line breaks (``<br />``, ``<br/>``, ``<br>``) become spaces, curly apostrophes become
     ``'``, apostrophes inside words are kept (``"don't"`` is one token) and every other
     punctuation character is split off on its own: ``"Great!!"`` -> ``great ! !``.
     """
+    if level == "char":
+        return list(text.strip())
     return _CLASSIFIER_TOKEN.findall(_BREAK.sub(" ", text).lower().translate(_QUOTES))
 
 

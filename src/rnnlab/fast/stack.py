@@ -18,16 +18,20 @@ LAYER_OPS = {"LSTM": torch.lstm, "GRU": torch.gru, "RNN_TANH": torch.rnn_tanh,
              "RNN_RELU": torch.rnn_relu}
 
 
-def run_stack(rnn: nn.RNNBase, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+def run_stack(rnn: nn.Module, x: torch.Tensor, state: State | None,
+              weights: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, State]:
     """``rnn(x, state)`` for a batch-first, one-direction stack: (B, T, I) -> (B, T, H).
 
-    Training on a CPU with dropout between layers, the layers run one at a time and the dropout
-    between them is ``dropout``; everywhere else this is ``rnn(x, state)``.
+    ``weights``: tensors to use in place of some of ``rnn``'s parameters, by name (weight
+    drop). Training on a CPU with dropout between layers, the layers run one at a time and the
+    dropout between them is ``dropout``; everywhere else (a ``LayerStack`` too) this is
+    ``rnn(x, state)`` with ``weights`` in place.
     """
-    if not (rnn.training and rnn.dropout > 0 and rnn.num_layers > 1 and x.device.type == "cpu"
-            and x.dim() == 3 and rnn.batch_first and not rnn.bidirectional
-            and not getattr(rnn, "proj_size", 0)):
-        return rnn(x, state)
+    weights = weights or {}
+    if not (isinstance(rnn, nn.RNNBase) and rnn.training and rnn.dropout > 0
+            and rnn.num_layers > 1 and x.device.type == "cpu" and x.dim() == 3
+            and rnn.batch_first and not rnn.bidirectional and not getattr(rnn, "proj_size", 0)):
+        return torch.func.functional_call(rnn, weights, (x, state)) if weights else rnn(x, state)
     lstm = rnn.mode == "LSTM"
     if state is None:
         zeros = x.new_zeros(rnn.num_layers, x.shape[0], rnn.hidden_size)
@@ -37,10 +41,11 @@ def run_stack(rnn: nn.RNNBase, x: torch.Tensor, state: State | None) -> tuple[to
     for layer in range(rnn.num_layers):
         if layer:
             x = dropout(x, rnn.dropout)
-        weights = [getattr(rnn, f"{name}_l{layer}") for name in names]
+        tensors = [weights.get(f"{name}_l{layer}", getattr(rnn, f"{name}_l{layer}"))
+                   for name in names]
         hx = tuple(s[layer : layer + 1] for s in state) if lstm else state[layer : layer + 1]
         # Arguments: one layer, no dropout inside, training, one direction, batch first.
-        x, *final = LAYER_OPS[rnn.mode](x, hx, weights, rnn.bias, 1, 0.0, True, False, True)
+        x, *final = LAYER_OPS[rnn.mode](x, hx, tensors, rnn.bias, 1, 0.0, True, False, True)
         finals.append(final)
     stacked = [torch.cat(parts) for parts in zip(*finals, strict=True)]
     return x, (tuple(stacked) if lstm else stacked[0])

@@ -38,9 +38,21 @@ def lm_metrics(total_nll: float, count: int) -> dict[str, float]:
 
 def unigram_nll(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab_size: int) -> float:
     """Mean NLL of ``eval_ids`` under add-one-smoothed unigram frequencies of ``train_ids``."""
+    if train_ids.dtype != torch.long:  # a mapped corpus: counted a block at a time
+        counts = _block_counts(train_ids, vocab_size).double() + 1.0
+        log_probs = counts.log() - counts.sum().log()
+        return float(-(_block_counts(eval_ids, vocab_size).double() * log_probs).sum()
+                     / eval_ids.numel())
     counts = torch.bincount(train_ids, minlength=vocab_size).double() + 1.0
     log_probs = counts.log() - counts.sum().log()
     return float(-log_probs[eval_ids].mean())
+
+
+def _block_counts(ids: torch.Tensor, vocab_size: int, block: int = 1 << 24) -> torch.Tensor:
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    for start in range(0, ids.numel(), block):
+        counts += torch.bincount(ids[start : start + block].long(), minlength=vocab_size)
+    return counts
 
 
 @torch.no_grad()
@@ -59,18 +71,20 @@ def evaluate_stream(
     """
     model.eval()
     batch_size = max(1, min(batch_size, ids.numel() - 1))
-    streams = batchify(ids, batch_size).to(device)  # (B, L + 1)
+    streams = batchify(ids, batch_size)  # (B, L + 1)
+    if streams.dtype == torch.long:  # compact ids stay mapped: windows() copies each one
+        streams = streams.to(device)
     window = eval_window(bptt, batch_size, model.vocab_size)
     lengths = window_lengths(streams.shape[1] - 1, window)
     rows = batch_size * max(lengths, default=0)
-    buffer = fast.logits_buffer(model.decoder, rows, streams.device)  # None: fast paths off
+    buffer = fast.logits_buffer(model.decoder, rows, torch.device(device))  # None: fast off
     total, count, state = 0.0, 0, None
-    for inputs, targets in windows(streams, lengths):
+    for inputs, targets in windows(streams, lengths, device=device):
         loss, state = model.nll(inputs, targets, state, reduction="sum", logits_buffer=buffer)
         total += float(loss)
         count += targets.numel()
     covered = batch_size * (streams.shape[1] - 1)  # targets are ids[1 : covered + 1]
-    tail = ids[covered:].to(device)
+    tail = ids[covered:].to(device=device, dtype=torch.long)
     if tail.numel() > 1:
         tail_state = select_state(state, slice(batch_size - 1, batch_size))
         loss, _ = model.nll(tail[None, :-1], tail[None, 1:], tail_state, reduction="sum",

@@ -37,7 +37,9 @@ class LanguageModelTask:
         self.data = data
         self.config = config
         self.device = device
-        self.streams = batchify(data.splits["train"], config.data.batch_size).to(device)
+        self.streams = batchify(data.splits["train"], config.data.batch_size)
+        if self.streams.dtype == torch.long:  # a compact (mapped) corpus stays on disk
+            self.streams = self.streams.to(device)
         self.state: State | None = None
         self.rows = slice(None)  # this rank's streams of the global batch (all of them alone)
 
@@ -54,7 +56,9 @@ class LanguageModelTask:
         """
         self.rows = distributed.equal_rows(self.config.data.batch_size, rank, world,
                                            "data.batch_size")
-        self.streams = self.streams[self.rows].clone()  # clone: free the other ranks' rows
+        self.streams = self.streams[self.rows]
+        if self.streams.dtype == torch.long:
+            self.streams = self.streams.clone()  # free the other ranks' rows
         return True
 
     def save_artifacts(self, run_dir: str | Path) -> None:
@@ -74,13 +78,21 @@ class LanguageModelTask:
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if start == 0:
             self.state = None  # each epoch starts the streams from their beginning
-        yield from windows(self.streams, self._lengths(epoch), start)
+        yield from windows(self.streams, self._lengths(epoch), start, self.device)
 
     def train_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
         inputs, targets = batch
-        loss, state = self.model.nll(inputs, targets, detach_state(self.state))
+        train = self.config.train
+        loss, state = self.model.regularized_nll(inputs, targets, detach_state(self.state),
+                                                 train.ar_alpha, train.tar_beta)
         self.state = detach_state(state)
         return loss, targets.numel()
+
+    def lr_factor(self, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
+        """Window length / bptt with ``train.scale_lr_by_window`` (Merity et al., 2017), else 1."""
+        if not self.config.train.scale_lr_by_window:
+            return 1.0
+        return batch[0].shape[1] / self.config.data.bptt
 
     def evaluate(self, split: str) -> dict[str, float]:
         total, count = evaluate_stream(
@@ -92,18 +104,25 @@ class LanguageModelTask:
     def state_dict(self) -> dict[str, Any]:
         if self.state is None:
             return {}
-        state = self.state if isinstance(self.state, tuple) else (self.state,)
         # The state of the whole global batch (a collective: every rank calls this), so that a
         # checkpoint does not depend on how many processes wrote it.
-        return {"hidden": [distributed.gather_rows(s, dim=1).cpu() for s in state]}
+        def gathered(state: State) -> list[torch.Tensor]:
+            parts = state if isinstance(state, tuple) else (state,)
+            return [distributed.gather_rows(s, dim=1).cpu() for s in parts]
+
+        if isinstance(self.state, list):  # layers of their own sizes: one state per layer
+            return {"layers": [gathered(layer) for layer in self.state]}
+        return {"hidden": gathered(self.state)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        hidden = state.get("hidden")
-        if not hidden:
-            self.state = None
-            return
-        moved = tuple(s[:, self.rows].to(self.device) for s in hidden)  # (layers, B, H) saved
-        self.state = moved if len(moved) == 2 else moved[0]
+        def moved(parts: list[torch.Tensor]) -> State:
+            rows = tuple(s[:, self.rows].to(self.device) for s in parts)  # (layers, B, H) saved
+            return rows if len(rows) == 2 else rows[0]
+
+        if state.get("layers"):
+            self.state = [moved(layer) for layer in state["layers"]]
+        else:
+            self.state = moved(state["hidden"]) if state.get("hidden") else None
 
 
 def build_lm_task(config: RunConfig, device: torch.device) -> LanguageModelTask:

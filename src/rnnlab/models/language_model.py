@@ -8,8 +8,13 @@ from torch.nn import functional as F
 
 from rnnlab import fast
 from rnnlab.config import ModelConfig
-from rnnlab.models.cells import State, make_rnn
-from rnnlab.models.regularization import LockedDropout, embedding_dropout
+from rnnlab.models.cells import LayerStack, State, make_rnn
+from rnnlab.models.regularization import (
+    LockedDropout,
+    activation_regularization,
+    embedding_dropout,
+    weight_drop,
+)
 
 
 class RNNLanguageModel(nn.Module):
@@ -20,6 +25,9 @@ class RNNLanguageModel(nn.Module):
     skip the clusters a batch does not need. With ``tie_weights`` the decoder shares the embedding
     matrix (Press & Wolf, 2017; Inan et al., 2017); when the hidden size differs from the embedding
     size a linear projection bridges them.
+
+    AWD-LSTM's pieces (Merity et al., 2017) are each a config switch: ``weight_drop`` on the
+    recurrent matrices, per-layer ``hidden_sizes``, and AR/TAR in ``regularized_nll``.
 
     The recurrent stack and the loss each have a fast path (see ``rnnlab.fast``) behind one
     ``if fast.enabled()``; the code past that branch is the plain computation it stands for.
@@ -36,14 +44,15 @@ class RNNLanguageModel(nn.Module):
         # output masks are locked over time (Gal & Ghahramani, 2016; Merity et al., 2017).
         p_input, p_between, p_output = config.dropout_rates()
         self.input_dropout = LockedDropout(p_input)
-        self.rnn = make_rnn(
-            config.cell, input_size, config.hidden_size, config.num_layers, dropout=p_between
-        )
+        self.rnn: nn.Module = (
+            make_rnn(config.cell, input_size, config.hidden_size, config.num_layers,
+                     dropout=p_between) if config.hidden_sizes is None
+            else LayerStack(config.cell, input_size, config.hidden_sizes, p_between))
         self.output_dropout = LockedDropout(p_output)
-        feature_size = config.hidden_size
+        feature_size = config.layer_sizes()[-1]
         self.projection = None
-        if config.tie_weights and config.hidden_size != config.embedding_dim:
-            self.projection = nn.Linear(config.hidden_size, config.embedding_dim, bias=False)
+        if config.tie_weights and feature_size != config.embedding_dim:
+            self.projection = nn.Linear(feature_size, config.embedding_dim, bias=False)
             feature_size = config.embedding_dim
         self.decoder: nn.Linear | None = None
         self.adaptive: nn.AdaptiveLogSoftmaxWithLoss | None = None
@@ -70,19 +79,29 @@ class RNNLanguageModel(nn.Module):
         p = self.config.embedding_dropout if self.training else 0.0
         return embedding_dropout(self.embedding, tokens, p)
 
+    def recurrent(
+        self, tokens: torch.Tensor, state: State | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """(B, T) ids -> (B, T, H) outputs of the last recurrent layer, and the new state."""
+        x = self.input_dropout(self.encode(tokens))  # (B, T, E)
+        # Weight drop: the stack runs with dropped copies of its hidden-to-hidden matrices.
+        dropped = weight_drop(self.rnn, self.config.weight_drop) if self.training else {}
+        if fast.enabled():  # fast path: the stack layer by layer on a CPU (rnnlab.fast.stack)
+            return fast.run_stack(self.rnn, x, state, dropped)
+        if dropped:
+            return torch.func.functional_call(self.rnn, dropped, (x, state))
+        return self.rnn(x, state)
+
     def features(
         self, tokens: torch.Tensor, state: State | None = None
     ) -> tuple[torch.Tensor, State]:
         """(B, T) ids -> (B, T, D) inputs of the output layer, and the new state."""
-        x = self.input_dropout(self.encode(tokens))  # (B, T, E)
-        if fast.enabled():  # fast path: the stack layer by layer on a CPU (rnnlab.fast.stack)
-            out, state = fast.run_stack(self.rnn, x, state)
-        else:
-            out, state = self.rnn(x, state)  # (B, T, H)
-        out = self.output_dropout(out)
-        if self.projection is not None:
-            out = self.projection(out)  # (B, T, E)
-        return out, state
+        out, state = self.recurrent(tokens, state)
+        return self.project(self.output_dropout(out)), state
+
+    def project(self, out: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) -> (B, T, D): the bridge to a tied embedding of another size, if any."""
+        return out if self.projection is None else self.projection(out)
 
     def forward(
         self, tokens: torch.Tensor, state: State | None = None
@@ -102,21 +121,44 @@ class RNNLanguageModel(nn.Module):
         gradient is wanted (see ``fast.logits_buffer``); ignored otherwise.
         """
         out, state = self.features(tokens, state)  # (B, T, D)
+        return self.output_nll(out, targets, reduction, logits_buffer), state
+
+    def regularized_nll(
+        self, tokens: torch.Tensor, targets: torch.Tensor, state: State | None = None,
+        ar_alpha: float = 0.0, tar_beta: float = 0.0,
+    ) -> tuple[torch.Tensor, State]:
+        """The mean ``nll`` plus AR and TAR on the last layer's outputs (Merity et al., 2017):
+        the training loss; evaluation reports the plain ``nll``."""
+        raw, state = self.recurrent(tokens, state)  # (B, T, H)
+        dropped = self.output_dropout(raw)
+        loss = self.output_nll(self.project(dropped), targets, "mean", None)
+        if ar_alpha or tar_beta:
+            loss = loss + activation_regularization(raw, dropped, ar_alpha, tar_beta)
+        return loss, state
+
+    def output_nll(self, out: torch.Tensor, targets: torch.Tensor, reduction: str,
+                   logits_buffer: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, D) features and (B, T) targets -> their negative log-likelihood."""
         if self.adaptive is not None:
             token_nll = -self.adaptive(out.flatten(0, 1), targets.flatten()).output
-            return (token_nll.mean() if reduction == "mean" else token_nll.sum()), state
+            return token_nll.mean() if reduction == "mean" else token_nll.sum()
         if fast.enabled():  # fast path: output layer and loss fused (rnnlab.fast.softmax_loss)
             return fast.linear_cross_entropy(
                 out.flatten(0, 1), self.decoder.weight, self.decoder.bias, targets.flatten(),
-                reduction, logits_buffer), state
+                reduction, logits_buffer)
         logits = self.decoder(out)  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction=reduction), state
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction=reduction)
 
     def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> State:
-        """The zero state for ``batch_size`` streams."""
-        shape = (self.config.num_layers, batch_size, self.config.hidden_size)
-        h = torch.zeros(shape, device=device)
-        return (h, torch.zeros_like(h)) if self.config.cell == "lstm" else h
+        """The zero state for ``batch_size`` streams (a list of per-layer states for layers
+        of their own sizes)."""
+        def zeros(layers: int, size: int) -> State:
+            h = torch.zeros(layers, batch_size, size, device=device)
+            return (h, torch.zeros_like(h)) if self.config.cell == "lstm" else h
+
+        if self.config.hidden_sizes is None:
+            return zeros(self.config.num_layers, self.config.hidden_size)
+        return [zeros(1, size) for size in self.config.hidden_sizes]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied weights are counted once

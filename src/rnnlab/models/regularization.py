@@ -36,3 +36,33 @@ def embedding_dropout(embedding: nn.Embedding, tokens: torch.Tensor, p: float) -
     weight = embedding.weight
     keep = weight.new_empty(weight.shape[0], 1).bernoulli_(1 - p) / (1 - p)
     return nn.functional.embedding(tokens, weight * keep, embedding.padding_idx)
+
+
+def weight_drop(rnn: nn.Module, p: float) -> dict[str, torch.Tensor]:
+    """Dropped copies of the hidden-to-hidden matrices of ``rnn``, by parameter name.
+
+    DropConnect (Wan et al., 2013) on the recurrent weights, the weight-dropped LSTM of Merity
+    et al. (2017): one mask per forward pass, so every time step of a window sees the same
+    dropped connections, and the recurrent kernels (fused CPU, cuDNN) run unchanged. The
+    parameters themselves are untouched: the caller runs the module with these tensors in
+    their place (``torch.func.functional_call``), so saved weights keep their names.
+    """
+    if p == 0:
+        return {}
+    return {name: nn.functional.dropout(param, p, training=True)
+            for name, param in rnn.named_parameters() if "weight_hh" in name}
+
+
+def activation_regularization(raw: torch.Tensor, dropped: torch.Tensor, alpha: float,
+                              beta: float) -> torch.Tensor:
+    """AR and TAR on the last layer's outputs (Merity et al., 2017), both (B, T, H).
+
+    ``alpha * mean(dropped**2)`` keeps the (dropped) activations small; ``beta *
+    mean((raw[:, t] - raw[:, t-1])**2)`` keeps the undropped ones from changing fast.
+    """
+    penalty = raw.new_zeros(())
+    if alpha:
+        penalty = penalty + alpha * dropped.pow(2).mean()
+    if beta and raw.shape[1] > 1:
+        penalty = penalty + beta * (raw[:, 1:] - raw[:, :-1]).pow(2).mean()
+    return penalty

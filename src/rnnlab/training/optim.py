@@ -15,13 +15,14 @@ from rnnlab.config import TrainConfig
 
 def make_optimizer(model: nn.Module, config: TrainConfig,
                    device: torch.device) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD over the model's parameters (tied weights appear once).
+    """Adam, AdamW or SGD over the model's parameters (tied weights appear once); NT-ASGD and
+    ASGD step as SGD, their averaging is ``training.averaging``'s.
 
     On CPU and CUDA the fused Adam kernels are used: on this kind of model the default
     per-parameter loop costs as much time per step as a whole 2-layer LSTM forward pass.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    if config.optimizer == "sgd":
+    if config.optimizer in ("sgd", "nt-asgd", "asgd"):
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay)
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam

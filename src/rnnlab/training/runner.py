@@ -26,6 +26,7 @@ from rnnlab.lm.task import LanguageModelTask, build_lm_task
 from rnnlab.run_lock import claim_run
 from rnnlab.runtime import seed_everything, set_threads
 from rnnlab.training.consistency import check_run_matches
+from rnnlab.training.finetune import start_from_parent
 from rnnlab.training.trainer import Callback, Trainer, TrainResult
 from rnnlab.training.warm_start import Source, warm_start
 
@@ -36,7 +37,20 @@ def _build_classify_task(config: RunConfig, device: torch.device):
     return build_classification_task(config, device)
 
 
-BUILDERS: dict[str, Callable] = {"lm": build_lm_task, "classify": _build_classify_task}
+def _build_line_task(config: RunConfig, device: torch.device):
+    from rnnlab.lines.task import build_line_task
+
+    return build_line_task(config, device)
+
+
+def task_kind(config: RunConfig) -> str:
+    """Which builder and final report a run needs: its task, or "lines" for a language model
+    read line by line (``data.unit = "line"``)."""
+    return "lines" if config.task == "lm" and config.data.unit == "line" else config.task
+
+
+BUILDERS: dict[str, Callable] = {"lm": build_lm_task, "classify": _build_classify_task,
+                                 "lines": _build_line_task}
 
 
 def save_artifacts(task, run_dir: Path) -> None:
@@ -66,16 +80,18 @@ def train(config: RunConfig, out: str | Path | None = None, *,
             seed_everything(config.train.seed)
             source = Source.read(config.train.init_from) if config.train.init_from else None
             with distributed.main_first():  # rank 0 fills any data cache before others read it
-                task = BUILDERS[config.task](config, device)
+                task = BUILDERS[task_kind(config)](config, device)
             started = None
             if source:  # before the optimiser exists; a resume restores its own weights instead
                 started = warm_start(task.model, task.vocab, source, config.train.init_recurrent)
+            if config.train.finetune_from:  # the parent's best weights; its files are only read
+                start_from_parent(task, config.train.finetune_from)
             if distributed.is_main():
                 if started:
                     print(started.describe(), flush=True)
                 ckpt.save_config(config, run_dir)
                 save_artifacts(task, run_dir)
-                write_run_info(run_dir, device, task)
+                write_run_info(run_dir, device, task, parent=config.train.finetune_from)
             trainer = Trainer(task, config, run_dir, device, callbacks)
             return _finish(trainer, trainer.fit())
 
@@ -102,7 +118,7 @@ def resume(run_dir: str | Path, overrides: dict | None = None, *,
     run_dir = Path(run_dir)
     config = ckpt.load_config(run_dir)
     if overrides:
-        from rnnlab.config import apply_overrides
+        from rnnlab.config_resolve import apply_overrides
 
         apply_overrides(config, overrides, source="--resume")
         config.validate()
@@ -112,7 +128,7 @@ def resume(run_dir: str | Path, overrides: dict | None = None, *,
           _owned(run_dir, new=False)):
         seed_everything(config.train.seed)
         with distributed.main_first():
-            task = BUILDERS[config.task](config, device)
+            task = BUILDERS[task_kind(config)](config, device)
         check_run_matches(task, run_dir)  # before a step could overwrite a good checkpoint
         trainer = Trainer(task, config, run_dir, device, callbacks)
         trainer.resume()
@@ -160,13 +176,19 @@ def lm_final_report(task: LanguageModelTask, result: TrainResult
     return report, lm
 
 
-REPORTS: dict[str, Callable] = {"lm": lm_final_report}
+def _line_final_report(task: Any, result: TrainResult) -> tuple[dict[str, Any], LanguageModel]:
+    from rnnlab.lines.inference import line_final_report
+
+    return line_final_report(task, result.run_dir, result.best)
+
+
+REPORTS: dict[str, Callable] = {"lm": lm_final_report, "lines": _line_final_report}
 
 
 def _finish(trainer: Trainer, result: TrainResult) -> TrainResult:
     if not trainer.is_main:
         return result
-    result = RunResult(**vars(result), task=trainer.task, task_name=trainer.config.task)
+    result = RunResult(**vars(result), task=trainer.task, task_name=task_kind(trainer.config))
     info = ckpt.read_json(trainer.run_dir / ckpt.RUN_INFO, default={}) or {}
     info["summary"] = {
         "best": result.best, "stop_reason": result.stop_reason, "steps": result.steps,
@@ -176,8 +198,9 @@ def _finish(trainer: Trainer, result: TrainResult) -> TrainResult:
     return result
 
 
-def write_run_info(run_dir: Path, device: torch.device, task) -> None:
-    """Versions, device and command line: what is needed to reproduce the run."""
+def write_run_info(run_dir: Path, device: torch.device, task, parent: str | None = None) -> None:
+    """Versions, device and command line: what is needed to reproduce the run (and the run it
+    fine-tunes, ``parent``)."""
     info = {
         "rnnlab": __version__,
         "torch": torch.__version__,
@@ -190,4 +213,6 @@ def write_run_info(run_dir: Path, device: torch.device, task) -> None:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "parameters": sum(p.numel() for p in task.model.parameters()),
     }
+    if parent:
+        info["parent"] = parent
     ckpt.atomic_write_text(run_dir / ckpt.RUN_INFO, json.dumps(info, indent=2) + "\n")

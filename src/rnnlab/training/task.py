@@ -51,6 +51,9 @@ class Task(Protocol):
     def train_loss(self, batch: Any) -> tuple[torch.Tensor, int]:
         """Mean loss of one batch (with the graph attached) and the number of items in it."""
 
+    def lr_factor(self, batch: Any) -> float:
+        """The factor on the learning rate for this batch's step (e.g. a short window's)."""
+
     def evaluate(self, split: str) -> dict[str, float]:
         """Metrics on a split (``loss`` always; e.g. ``ppl``, ``accuracy``)."""
 

@@ -3,7 +3,8 @@
 The Trainer owns what every run needs: the optimiser and schedule, the budget (epochs, steps,
 minutes), evaluation and the best checkpoint, early stopping, resumable checkpoints, clean
 interruption and guards against non-finite steps (skipped; a run of them rolls back to the
-last checkpoint with a halved learning rate). A task (see ``task.py``) supplies batches,
+last checkpoint with a halved learning rate). Writing, reading and rolling back to checkpoints,
+and catching signals, live in ``checkpointing.py``. A task (see ``task.py``) supplies batches,
 the loss and its metrics; presentation (progress bar, printing) comes in through callbacks.
 """
 
@@ -11,14 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import signal
-import sys
-import threading
 import time
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,24 +24,14 @@ from rnnlab import checkpoint as ckpt
 from rnnlab import distributed
 from rnnlab.config import RunConfig
 from rnnlab.errors import RnnlabError
-from rnnlab.runtime import (
-    autocast,
-    autocast_dtype,
-    pin_batch,
-    rng_state,
-    set_rng_state,
-)
+from rnnlab.runtime import autocast, autocast_dtype, pin_batch
+from rnnlab.training.averaging import WeightAverage
+from rnnlab.training.checkpointing import Checkpoints, StopSignals, _RolledBack, _Running
 from rnnlab.training.optim import Schedule, clipped_step, grad_norm, make_optimizer, set_lr
 from rnnlab.training.task import Task
 
-TRAINER_FORMAT = 1
 MAX_BAD_STEPS = 5  # non-finite steps in a row before rolling back to the last checkpoint
-MAX_ROLLBACKS = 3  # roll-backs (each halving the learning rate) before the run gives up
 _END = object()  # marks the end of an epoch's batches
-
-
-class _RolledBack(Exception):
-    """Unwinds the loop after a roll-back; training goes on from the restored position."""
 
 
 class TrainingInterrupted(Exception):
@@ -77,17 +63,7 @@ class Callback:
     def on_train_end(self, trainer: Trainer, result: TrainResult) -> None: ...
 
 
-@dataclass
-class _Running:
-    """Training loss and throughput since the last evaluation."""
-
-    loss_sum: float = 0.0
-    steps: int = 0
-    items: int = 0
-    since: float = field(default_factory=time.monotonic)
-
-
-class Trainer:
+class Trainer(Checkpoints):
     def __init__(self, task: Task, config: RunConfig, run_dir: str | Path, device: torch.device,
                  callbacks: Sequence[Callback] = ()):
         self.task = task
@@ -107,6 +83,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.optimizer = make_optimizer(self.model, self.train_config, device)
         self.schedule = Schedule(self.train_config)
+        self.averaging = WeightAverage(self.model, self.train_config)  # NT-ASGD's, if asked for
         self.steps_per_epoch = task.steps_per_epoch()
         self.step = 0
         self.epoch = 0
@@ -138,7 +115,7 @@ class Trainer:
         distributed.seed_rank(self.train_config.seed, self.step)
         for cb in self.callbacks:
             cb.on_train_start(self)
-        with self._signals_handled():
+        with StopSignals(self):
             reason = self._stop_reason()
             while True:
                 try:
@@ -199,7 +176,8 @@ class Trainer:
         (skip, stop, learning rate) is taken from values that are identical on all ranks.
         """
         self.lr = self.schedule.lr(self.step, self.progress()) * self.lr_scale
-        set_lr(self.optimizer, self.lr)
+        by_window = self.train_config.scale_lr_by_window  # a short window takes a smaller step
+        set_lr(self.optimizer, self.lr * (self.task.lr_factor(batch) if by_window else 1.0))
         self.model.train()
         batch, weight = self._local_batch(batch)
         with autocast(self.device, self.amp_dtype):
@@ -225,6 +203,7 @@ class Trainer:
             step = (lambda: self.scaler.step(self.optimizer)) if self.scaler \
                 else self.optimizer.step
             clipped_step(self.optimizer, grads, norm, self.train_config.clip, step)
+            self.averaging.update()
             self.running.loss_sum += loss_value
             self.running.steps += 1
         if self.scaler:
@@ -287,56 +266,6 @@ class Trainer:
             self._roll_back(f"the loss or gradients were not finite for {MAX_BAD_STEPS} steps "
                             f"in a row at step {self.step}")
 
-    def _roll_back(self, what: str) -> None:
-        """Recover from a numerical fault: go back to the last checkpoint with half the learning
-        rate (at most MAX_ROLLBACKS times), else stop with a clear error. Never returns."""
-        # Rank 0 decides for all: without a shared disk only it is sure to see trainer.pt.
-        can = distributed.broadcast_object(
-            self.rollbacks < MAX_ROLLBACKS and (self.run_dir / ckpt.TRAINER).exists())
-        if not can:
-            tried = (f" and {self.rollbacks} roll-backs to the last checkpoint with a halved "
-                     f"learning rate did not help" if self.rollbacks else
-                     " before any checkpoint was written")
-            then = (f"resume with: rnnlab train --resume {self.run_dir}" if self.rollbacks
-                    else "start the run again")
-            raise RnnlabError(
-                f"{what}{tried}; no checkpoint was written with non-finite weights. Lower "
-                f"train.lr or set train.clip, then {then}")
-        rollbacks, scale = self.rollbacks + 1, self.lr_scale * 0.5
-        # Weights, optimiser, schedule, data position and RNG of that checkpoint:
-        self.resume(from_main=True)
-        self.rollbacks, self.lr_scale = rollbacks, scale
-        self.bad_steps = 0
-        distributed.seed_rank(self.train_config.seed, self.step)  # as a resumed run would
-        if self.is_main:
-            warnings.warn(f"{what}; rolled back to the checkpoint of step {self.step} with the "
-                          f"learning rate scaled by {scale:g} (roll-back {rollbacks} of "
-                          f"{MAX_ROLLBACKS})", RuntimeWarning, stacklevel=2)
-        raise _RolledBack
-
-    def _signal_caught(self) -> bool:
-        """Whether any rank caught SIGINT/SIGTERM (one all-reduce under DDP)."""
-        if self.world_size == 1:
-            return self._stop_signal is not None
-        flag = torch.tensor([float(self._stop_signal is not None)], dtype=torch.float64,
-                            device=self.device)
-        return bool(distributed.all_reduce_sum(flag).item() > 0)
-
-    def _weights_finite(self) -> bool:
-        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
-
-    @contextlib.contextmanager
-    def _writing(self):
-        """A failed write (disk full, permissions) leaves the previous checkpoint intact: say so."""
-        try:
-            yield
-        except OSError as exc:
-            then = ("the previous checkpoint is intact: fix the cause, then resume with: rnnlab "
-                    f"train --resume {self.run_dir}" if (self.run_dir / ckpt.TRAINER).exists()
-                    else "no checkpoint was written yet: fix the cause, then start the run again")
-            raise RnnlabError(f"could not write a checkpoint in {self.run_dir} "
-                              f"({exc.strerror or exc}); {then}") from None
-
     # --- budget ------------------------------------------------------------------------------
 
     def progress(self) -> float:
@@ -370,7 +299,8 @@ class Trainer:
             self._roll_back("the weights became non-finite")
         started = time.monotonic()
         # Every rank evaluates (so none waits long in a collective); rank 0's result decides.
-        metrics = distributed.broadcast_object(self.task.evaluate("valid"))
+        with self.averaging.in_model():  # once averaging started, the averaged weights count
+            metrics = distributed.broadcast_object(self.task.evaluate("valid"))
         value = metrics[self.task.best_metric]
         improved = math.isfinite(value) and (self.best_value is None or (
             value > self.best_value if self.task.higher_is_better else value < self.best_value))
@@ -392,13 +322,16 @@ class Trainer:
             "eval_seconds": round(now - started, 2),
             "best": improved,
         }
+        if self.averaging.after_eval(-value if self.task.higher_is_better else value):
+            record["averaging_started"] = True
         if self.schedule.after_eval(improved):
             record["lr_decayed_to"] = self.schedule.lr(self.step, self.progress()) * self.lr_scale
         if self.is_main:
             with self._writing():
                 if improved:
-                    ckpt.save_weights(self.model, self.run_dir / ckpt.BEST,
-                                      {"step": str(self.step)})
+                    with self.averaging.in_model():
+                        ckpt.save_weights(self.model, self.run_dir / ckpt.BEST,
+                                          {"step": str(self.step)})
                 ckpt.append_metrics(self.run_dir, record)
         self.last_eval_step = self.step
         # Reset before the checkpoint: the record holds these losses, and a resume from this
@@ -413,123 +346,3 @@ class Trainer:
         best = [r for r in ckpt.read_metrics(self.run_dir) if r.get("best")]
         return best[-1] if best else None
 
-    def _save_last(self) -> None:
-        """Write the resumable state: weights first, then ``trainer.pt`` (the commit point)."""
-        if not self._weights_finite():  # never replace a good checkpoint by a broken one
-            self._roll_back("the weights became non-finite")
-        weights_name = f"last-{self.step:08d}.safetensors"
-        state = self.state_dict(weights_name)  # on every rank: the task may gather across ranks
-        if not self.is_main:
-            return
-        with self._writing():
-            ckpt.save_weights(self.model, self.run_dir / weights_name, {"step": str(self.step)})
-            ckpt.save_trainer_state(state, self.run_dir / ckpt.TRAINER)
-        for old in self.run_dir.glob("last-*.safetensors"):
-            if old.name != weights_name:
-                old.unlink(missing_ok=True)
-
-    def _read_checkpoint(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        state = ckpt.load_trainer_state(self.run_dir / ckpt.TRAINER)
-        if state.get("format_version") != TRAINER_FORMAT:
-            raise RnnlabError(f"{self.run_dir / ckpt.TRAINER} has an unsupported format version")
-        name = state.get("weights")
-        if not isinstance(name, str):
-            raise RnnlabError(f"{self.run_dir / ckpt.TRAINER} is incomplete or does not match "
-                              f"this run (it names no weights file)")
-        return state, ckpt.read_weights(self.run_dir / name)
-
-    def state_dict(self, weights_name: str) -> dict[str, Any]:
-        return {
-            "format_version": TRAINER_FORMAT,
-            "weights": weights_name,
-            "step": self.step,
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "elapsed": self.elapsed,
-            "best_value": self.best_value,
-            "evals_since_best": self.evals_since_best,
-            "last_eval_step": self.last_eval_step,
-            "running": [self.running.loss_sum, self.running.steps, self.running.items],
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "task": self.task.state_dict(),
-            "rng": rng_state(),
-            "scaler": self.scaler.state_dict() if self.scaler else {},
-            "lr_scale": self.lr_scale,
-            "rollbacks": self.rollbacks,
-        }
-
-    def resume(self, from_main: bool = False) -> None:
-        """Continue from ``RUN/trainer.pt`` and the weights it names, exactly where it stopped.
-
-        ``from_main``: rank 0 reads the checkpoint and sends it to the others, which need not
-        see the same disk (a roll-back in the middle of a run).
-        """
-        state, tensors = (distributed.from_main(self._read_checkpoint) if from_main
-                          else self._read_checkpoint())
-        try:
-            ckpt.load_tensors(self.model, tensors, self.run_dir / state["weights"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.schedule.load_state_dict(state["schedule"])
-            self.task.load_state_dict(state["task"])
-            self.step, self.epoch = state["step"], state["epoch"]
-            self.batch_in_epoch = state["batch_in_epoch"]
-            self.elapsed = state["elapsed"]
-            self.best_value, self.evals_since_best = state["best_value"], state["evals_since_best"]
-            self.last_eval_step = state["last_eval_step"]
-            loss_sum, steps, items = state["running"]
-            self.running = _Running(loss_sum, steps, items)
-            set_rng_state(state["rng"])
-            if self.scaler and state.get("scaler"):
-                self.scaler.load_state_dict(state["scaler"])
-            self.lr_scale = float(state.get("lr_scale", 1.0))
-            self.rollbacks = int(state.get("rollbacks", 0))
-        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-            raise RnnlabError(f"{self.run_dir / ckpt.TRAINER} is incomplete or does not match "
-                              f"this run ({type(exc).__name__}: {exc})") from None
-        if self.is_main:
-            # What a crash left behind: half-written temporary files, and log lines of steps
-            # after this checkpoint, which the resumed run is about to write again.
-            ckpt.remove_temp_files(self.run_dir)
-            for name in (ckpt.METRICS, ckpt.TRAIN_LOG):
-                ckpt.truncate_log(self.run_dir, self.step, name)
-
-    # --- signals -----------------------------------------------------------------------------
-
-    def _signals_handled(self):
-        trainer = self
-
-        class _Handler:
-            def __enter__(self):
-                self.previous = {}
-                if threading.current_thread() is not threading.main_thread():
-                    return self
-                for signum in (signal.SIGINT, signal.SIGTERM):
-                    self.previous[signum] = signal.signal(signum, self.handle)
-                return self
-
-            def handle(self, signum, frame):
-                if trainer._stop_signal is not None:  # a second Ctrl-C: stop right now
-                    raise KeyboardInterrupt
-                trainer._stop_signal = signum
-                if signum == signal.SIGINT and trainer.is_main:
-                    # Said at once: an evaluation or a step may take a while to finish.
-                    _say("rnnlab: stopping after the current step or evaluation and saving a "
-                         "checkpoint; press Ctrl-C again to quit at once without saving this "
-                         "step\n")
-
-            def __exit__(self, *exc):
-                for signum, handler in self.previous.items():
-                    signal.signal(signum, handler)
-                return False
-
-        return _Handler()
-
-
-def _say(text: str) -> None:
-    """Write to stderr from a signal handler: straight to the descriptor, since a buffered
-    write would raise if the signal interrupted another write to the same stream."""
-    try:
-        os.write(sys.stderr.fileno(), text.encode("utf-8", "replace"))
-    except (AttributeError, OSError, ValueError):  # no descriptor (a captured stream)
-        print(text, end="", file=sys.stderr, flush=True)

@@ -1,0 +1,179 @@
+"""Data at scale: preparing, mapping and training on corpora of 10M to 1B tokens.
+
+For each size, a word-level corpus (Zipfian over ``--types`` word types, lines of ~20 words)
+and a character-level one (a Zipfian alphabet, lines of ~80 characters) are written under
+``--work-dir`` (default: a temporary folder, removed afterwards). Each measurement runs in a
+fresh child process so that its peak RSS (``getrusage``) is its own:
+
+* ``prepare``: first-time preparation (``rnnlab.data.prepared``): wall, tokens/s, peak RSS;
+* ``cached_start`` (word corpora, word-small): process start to the end of the first training
+  step, with the prepared corpus already on disk (a second run);
+* ``train``: peak RSS of a short training run on the mapped corpus (word-small, or char-rnn at
+  character level); it must not grow with the corpus.
+
+Usage: python benchmarks/data_scale.py [--sizes 10M,100M[,1B]] [--work-dir DIR] [--steps N]
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SUFFIX = {"K": 10**3, "M": 10**6, "B": 10**9}
+BLOCK = 5_000_000  # tokens generated per write: bounded memory at every size
+
+# Run in the children: json.dumps of a dict on the last line of stdout.
+# The children's config: the word-small recipe (char-rnn at character level) on the corpus.
+CONFIG = """
+import rnnlab
+def config(text, level, root, steps=1):
+    return rnnlab.resolve_config(
+        preset="word-small" if level == "word" else "char-rnn", overrides={
+            "data.text": text, "data.level": level, "data.data_dir": root,
+            "data.prepared": "always", "train.device": "cpu", "train.threads": 1,
+            "train.max_steps": steps, "train.log_every": 0})
+"""
+
+PREPARE = CONFIG + """
+import json, resource, sys, time
+from rnnlab.lm.data import prepared_data
+text, level, root = sys.argv[1:4]
+start = time.perf_counter()
+prepared = prepared_data(config(text, level, root).data)
+wall = time.perf_counter() - start
+tokens = sum(ids.numel() for ids in prepared.splits.values())
+print(json.dumps({"status": prepared.status, "wall_s": round(wall, 2), "tokens": tokens,
+                  "tokens_per_s": round(tokens / wall), "vocab": len(prepared.vocab),
+                  "dtype": str(prepared.splits["train"].dtype),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
+"""
+
+TRAIN = """
+import json, os, resource, sys, time
+launched = float(sys.argv[5])
+""" + CONFIG + """
+from rnnlab.training.trainer import Callback
+text, level, root, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+class Stop(Callback):
+    def on_step(self, trainer, loss):
+        if trainer.step == 1:
+            self.first = time.time() - launched
+        if trainer.step >= steps:
+            print(json.dumps({"first_step_s": round(self.first, 2), "steps": trainer.step,
+                              "peak_rss_mb": resource.getrusage(
+                                  resource.RUSAGE_SELF).ru_maxrss // 1024}), flush=True)
+            os._exit(0)
+
+rnnlab.train(config(text, level, root, steps), os.path.join(root, "run"), callbacks=[Stop()])
+"""
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().upper()
+    return int(float(text[:-1]) * SUFFIX[text[-1]]) if text[-1] in SUFFIX else int(text)
+
+
+def zipf_sampler(n: int, exponent: float, rng: np.random.Generator):
+    """Draws of ranks 0..n-1 with P(r) proportional to 1 / (r + 1) ** exponent."""
+    cdf = np.cumsum(1.0 / np.arange(1, n + 1) ** exponent)
+    cdf /= cdf[-1]
+    return lambda size: np.minimum(np.searchsorted(cdf, rng.random(size)), n - 1)
+
+
+def write_words(path: Path, tokens: int, types: int, seed: int = 0) -> None:
+    """About ``tokens`` tokens (words and line ends) of Zipfian words, ~20 per line."""
+    rng = np.random.default_rng(seed)
+    draw = zipf_sampler(types, 1.0, rng)
+    names = np.array([f"w{np.base_repr(i, 36).lower()}" for i in range(types)], dtype=object)
+    with open(path, "w", encoding="utf-8") as out:
+        left = tokens
+        while left > 0:
+            n = max(1, min(BLOCK, left * 20 // 21))  # ~1 in 21 tokens is a line end
+            words = names[draw(n)]
+            ends = np.cumsum(rng.integers(10, 31, size=n // 10 + 2))
+            ends = ends[ends < n]
+            lines = np.split(words, ends)
+            out.write("\n".join(" ".join(line) for line in lines if line.size) + "\n")
+            left -= n + len(lines)  # every line adds one <eos> token
+
+
+def write_chars(path: Path, chars: int, seed: int = 0) -> None:
+    """``chars`` characters from a Zipfian alphabet of 90 printable ones, ~80 per line."""
+    rng = np.random.default_rng(seed)
+    alphabet = np.frombuffer(bytes(range(33, 123)), np.uint8)
+    draw = zipf_sampler(alphabet.size, 1.0, rng)
+    with open(path, "wb") as out:
+        left = chars
+        while left > 0:
+            n = min(BLOCK, left)
+            block = alphabet[draw(n)]
+            block[rng.random(n) < 1 / 80] = ord("\n")
+            block[rng.random(n) < 1 / 6] = ord(" ")
+            out.write(block.tobytes())
+            left -= n
+
+
+def child(code: str, *args: str) -> dict:
+    """Run ``code`` in a fresh, niced Python; its last stdout line as JSON."""
+    done = subprocess.run(["nice", "-n", "19", sys.executable, "-c", code, *args],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"child failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10M,100M", help="comma-separated, e.g. 10M,100M,1B")
+    parser.add_argument("--types", type=int, default=250_000, help="word types of the corpus")
+    parser.add_argument("--steps", type=int, default=5, help="training steps for the RSS")
+    parser.add_argument("--work-dir", help="keep the corpora here (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="rnnlab-data-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict = {"types": args.types, "sizes": {}}
+    try:
+        for size_text in args.sizes.split(","):
+            size = parse_size(size_text)
+            row: dict = {}
+            for level in ("word", "char"):
+                path = work / f"{level}-{size_text.strip()}.txt"
+                start = time.perf_counter()
+                if level == "word":
+                    write_words(path, size, args.types)
+                else:
+                    write_chars(path, size)
+                root = str(work / f"data-{level}-{size_text.strip()}")
+                entry = {"bytes": path.stat().st_size,
+                         "generate_s": round(time.perf_counter() - start, 1),
+                         "prepare": child(PREPARE, str(path), level, root)}
+                if level == "word":
+                    entry["cached_start"] = child(TRAIN, str(path), level, root, "1",
+                                                  repr(time.time()))
+                entry["train"] = child(TRAIN, str(path), level, root, str(args.steps),
+                                       repr(time.time()))
+                row[level] = entry
+                print(json.dumps({size_text.strip(): {level: entry}}), file=sys.stderr)
+                path.unlink()
+                shutil.rmtree(root, ignore_errors=True)
+            results["sizes"][size_text.strip()] = row
+    finally:
+        if not args.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()

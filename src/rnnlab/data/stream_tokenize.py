@@ -1,0 +1,162 @@
+"""Streaming tokenisation: a text file read in chunks becomes arrays of type ids.
+
+The tokens are exactly those of ``tokenize(read_text(path), level)`` (see ``rnnlab.data.text``):
+the same decoding, byte-order mark, line-ending normalisation and errors, and at word level the
+same ``<eos>`` after every line that has a word in it. The file is never held as one string:
+each chunk is decoded incrementally (a chunk may end inside a UTF-8 character or a CRLF pair),
+split into tokens by C-level ``str.split``, and looked up per token in one ``dict``, except that
+characters are looked up once per distinct code point (``np.unique``).
+
+Ids are *provisional*: a type's id is its rank of first appearance, so that the final vocabulary
+(most frequent first, ties by first appearance) can be made from counts over any prefix without
+reading the text again.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterable, Iterator
+from itertools import repeat
+from pathlib import Path
+
+import numpy as np
+
+from rnnlab.data.vocab import EOS
+from rnnlab.errors import RnnlabError
+
+CHUNK_BYTES = 4 << 20
+# Stands for a line end among the words: never in a text, since texts with NUL are refused.
+MARK = "\x00"
+# Every character str.splitlines() breaks at once "\r" is normalised away; all are whitespace.
+LINE_BREAKS = frozenset("\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+class TypeTable:
+    """Token string <-> provisional id, ids given in order of first appearance."""
+
+    def __init__(self, seed: Iterable[str] = ()):
+        self.ids: dict[str, int] = {}
+        for token in seed:
+            self.ids.setdefault(token, len(self.ids))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def tokens(self) -> list[str]:
+        return list(self.ids)  # a dict keeps insertion order: position == id
+
+    def lookup(self, tokens: list[str]) -> np.ndarray:
+        """(N,) int64 ids of ``tokens``; new ones are added in the order they appear."""
+        ids = np.fromiter(map(self.ids.get, tokens, repeat(-1)), np.int64, len(tokens))
+        for i in np.flatnonzero(ids < 0).tolist():
+            ids[i] = self.ids.setdefault(tokens[i], len(self.ids))
+        return ids
+
+    def lookup_chars(self, text: str) -> np.ndarray:
+        """(len(text),) int64 ids of the characters of ``text``: one lookup per distinct one."""
+        points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
+        unique, first, inverse = np.unique(points, return_index=True, return_inverse=True)
+        chars = [chr(c) for c in unique.tolist()]
+        table = np.fromiter(map(self.ids.get, chars, repeat(-1)), np.int64, len(chars))
+        new = np.flatnonzero(table < 0)
+        for j in new[np.argsort(first[new], kind="stable")].tolist():
+            table[j] = self.ids.setdefault(chars[j], len(self.ids))
+        return table[inverse.reshape(-1)]
+
+
+def read_pieces(path: str | Path, chunk_bytes: int = CHUNK_BYTES,
+                encoding: str = "utf-8") -> Iterator[str]:
+    """Consecutive pieces of the file's text; joined, they equal ``read_text(path)``.
+
+    Raises the same one-line errors as ``read_text`` (missing, directory, NUL bytes, invalid
+    UTF-8 with the byte offset, empty or only whitespace), the last one after the whole file.
+    """
+    path = Path(path)
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except FileNotFoundError:
+        raise RnnlabError(f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise RnnlabError(f"{path} is a directory, not a text file") from None
+    decoder = codecs.getincrementaldecoder(encoding)("strict")
+    offset, started, held, seen_text = 0, False, "", False
+    with handle:
+        while True:
+            raw = handle.read(chunk_bytes)
+            final = not raw
+            if b"\x00" in raw:
+                raise RnnlabError(f"{path} looks binary (it contains NUL bytes), not text")
+            pending = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(raw, final)
+            except UnicodeDecodeError as exc:
+                raise RnnlabError(
+                    f"{path} is not valid UTF-8 (byte {offset - pending + exc.start}); "
+                    "convert it, e.g. iconv -t utf-8"
+                ) from None
+            offset += len(raw)
+            if text and not started:
+                text, started = text.removeprefix("\ufeff"), True
+            text, held = held + text, ""
+            if not final and text.endswith("\r"):  # maybe the first half of a CRLF pair
+                text, held = text[:-1], "\r"
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+            if text:
+                seen_text = seen_text or not text.isspace()
+                yield text
+            if final:
+                break
+    if not seen_text:
+        raise RnnlabError(f"{path} is empty or only whitespace")
+
+
+class StreamTokenizer:
+    """Provisional ids of files' tokens at ``level``, all sharing one :class:`TypeTable`.
+
+    At word level the table starts with ``<eos>`` (id 0) and the line-end mark (id 1, never
+    emitted), so that ``<eos>`` has a known id for cutting at line ends.
+    """
+
+    def __init__(self, level: str):
+        self.level = level
+        self.table = TypeTable([EOS, MARK] if level == "word" else [])
+        self.eos_id = 0 if level == "word" else None
+
+    def file_ids(self, path: str | Path, chunk_bytes: int = CHUNK_BYTES,
+                 encoding: str = "utf-8") -> Iterator[np.ndarray]:
+        """(n,) int64 provisional ids of the file's tokens, a chunk at a time, in order."""
+        pieces = read_pieces(path, chunk_bytes, encoding)
+        if self.level == "char":
+            for piece in pieces:
+                yield self.table.lookup_chars(piece)
+            return
+        carry, after_word = "", False
+        for piece in pieces:
+            text = carry + piece
+            carry = ""
+            if not text[-1].isspace():  # keep a word the chunk may have cut for the next one
+                carry = text.rsplit(None, 1)[-1]
+                text = text[: len(text) - len(carry)]
+            if text:
+                ids, after_word = self._words(text, text[-1] in LINE_BREAKS, after_word)
+                yield ids
+        ids, _ = self._words(carry, True, after_word)  # the end of the file ends its last line
+        yield ids
+
+    def _words(self, text: str, ends_line: bool, after_word: bool) -> tuple[np.ndarray, bool]:
+        """Ids of the words of ``text`` with ``<eos>`` after each line that had a word.
+
+        ``after_word``: the token before ``text`` was a word of a line not yet ended.
+        """
+        joined = f" {MARK} ".join(text.splitlines())
+        if ends_line:
+            joined += f" {MARK}"
+        ids = self.table.lookup(joined.split())
+        if ids.size == 0:
+            return ids, after_word
+        mark = ids == 1
+        follows_word = np.empty_like(mark)
+        follows_word[0] = after_word
+        follows_word[1:] = ~mark[:-1]
+        ids[mark] = 0
+        return ids[~mark | follows_word], not bool(mark[-1])
