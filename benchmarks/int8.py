@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--prompt", default="the")
+    parser.add_argument("--prompt", default="", help="default: a new sentence (word level)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     fp32 = LanguageModel.load(args.run)

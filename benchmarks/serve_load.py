@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("run")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=200)
-    parser.add_argument("--prompt", default="the")
+    parser.add_argument("--prompt", default="", help="default: a new sentence (word level)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=300, help="seconds per request")
     args = parser.parse_args()

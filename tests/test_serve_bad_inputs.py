@@ -22,7 +22,8 @@ from rnnlab.serve.registry import Registry  # noqa: E402
 from serve_runs import lm_run  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+              pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:prime words not in the vocabulary")]
 
 LIMITS = Limits(max_body_bytes=4096, max_input_tokens=50, max_new_tokens=200, max_samples=4,
                 max_concurrent=4)
