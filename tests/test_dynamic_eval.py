@@ -190,3 +190,19 @@ def test_cli_dynamic_eval_prints_its_settings(tmp_path: Path, capsys) -> None:
     assert out["adaptive"] == "dynamic" and out["dynamic"]["lr"] == 0.01
     assert cli.main(["eval", str(run), "--dynamic", "--tune", "--split", "test"]) == 2
     assert "valid split only" in capsys.readouterr().err
+
+
+def test_both_methods_together_use_the_settings_each_was_tuned_with(tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    monkeypatch.setattr(adaptive, "LR_GRID", [1e-2])
+    monkeypatch.setattr(adaptive, "DECAY_GRID", [1e-2])
+    lm = LanguageModel.load(_run(tmp_path))
+    dynamic = lm.evaluate("valid", dynamic=True, tune=True)["dynamic"]
+    both = lm.evaluate("test", dynamic=True, cache=True)
+    assert both["settings"] == "recorded" and both["dynamic"] == dynamic
+
+
+def test_a_diverging_evaluation_is_an_error_not_an_infinite_perplexity(tmp_path: Path) -> None:
+    lm = LanguageModel.load(_run(tmp_path))
+    with pytest.raises(RnnlabError, match="diverged"):
+        lm.evaluate("test", dynamic={"lr": 1e30})

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,14 +47,18 @@ def adaptive_evaluate(
     given_dyn = _given(dynamic, DynamicSettings)
     given_cache = _given(cache, CacheSettings)
     digest = weights_digest(model)
-    recorded = read_adaptive(run_dir).get(mode) if not tune else None
-    if recorded and recorded.get("weights_sha256") != digest:
-        recorded = None  # tuned for other weights
+    records = {} if tune else {
+        name: entry for name, entry in read_adaptive(run_dir).items()
+        if isinstance(entry, dict) and entry.get("weights_sha256") == digest}  # these weights
+    # Both together: settings tuned for the pair, else those each method was tuned with alone.
+    recorded = records.get(mode)
+    dyn_record = (recorded or records.get("dynamic") or {}).get("dynamic")
+    cache_record = (recorded or records.get("cache") or {}).get("cache")
     dyn = DynamicSettings(segment=DEFAULT_SEGMENT.get(level, 20))
     cch = CacheSettings()
-    if recorded:
-        dyn = DynamicSettings(**recorded["dynamic"]) if recorded.get("dynamic") else dyn
-        cch = CacheSettings(**recorded["cache"]) if recorded.get("cache") else cch
+    dyn = DynamicSettings(**dyn_record) if dynamic and dyn_record else dyn
+    cch = CacheSettings(**cache_record) if cache and cache_record else cch
+    recorded = recorded or (dyn_record if dynamic else None) or (cache_record if cache else None)
     dyn = dataclasses.replace(dyn, **given_dyn).validate()
     cch = dataclasses.replace(cch, **given_cache).validate()
     stats = None
@@ -69,6 +74,10 @@ def adaptive_evaluate(
     out = adaptive_nll(model, ids, dynamic=dyn if dynamic else None, stats=stats,
                        cache=cch if cache else None, segment=CACHE_SEGMENT, progress=progress,
                        desc=f"{mode} evaluation")
+    if not math.isfinite(out["total"]):
+        raise RnnlabError(f"{mode} evaluation diverged (the loss is not finite) with "
+                          f"{_describe(dyn, cch, bool(dynamic), bool(cache))}; tune on valid "
+                          f"with --tune, or give smaller --dynamic-lr")
     metrics = lm_metrics(out["total"], out["count"]) | {"batch_size": 1, "adaptive": mode,
                                                         "settings": source}
     if dynamic:
@@ -105,3 +114,8 @@ def _given(value: bool | dict[str, Any], kind: type) -> dict[str, Any]:
         raise RnnlabError(f"unknown {kind.__name__} setting {unknown[0]!r} "
                           f"(known: {', '.join(sorted(names))})")
     return {k: v for k, v in value.items() if v is not None}
+
+
+def _describe(dyn: DynamicSettings, cch: CacheSettings, dynamic: bool, cache: bool) -> str:
+    parts = [f"lr {dyn.lr:g}, decay {dyn.decay:g}"] if dynamic else []
+    return "; ".join(parts + ([f"cache lambda {cch.lam:g}"] if cache else [])) or "no settings"
