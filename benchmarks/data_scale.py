@@ -39,7 +39,7 @@ import rnnlab
 def config(text, level, root, steps=1):
     return rnnlab.resolve_config(
         preset="word-small" if level == "word" else "char-rnn", overrides={
-            "data.text": text, "data.level": level, "data.data_dir": root,
+            "data.text_path": text, "data.level": level, "data.data_dir": root,
             "data.prepared": "always", "train.device": "cpu", "train.threads": 1,
             "train.max_steps": steps, "train.log_every": 0})
 """

@@ -89,12 +89,12 @@ def word_corpus(tmp_path: Path) -> Path:
 
 
 def tiny_overrides(**extra: Any) -> dict[str, Any]:
-    """Overrides for a tiny LM run (on the synthetic corpus unless ``data__text`` or
-    ``data__train`` is given); ``extra`` uses ``section__key`` names."""
+    """Overrides for a tiny LM run (on the synthetic corpus unless ``data__text_path`` or
+    ``data__train_path`` is given); ``extra`` uses ``section__key`` names."""
     values = {"data.corpus": "synthetic", "data.synthetic_tokens": 20_000,
               **TINY_MODEL, **TINY_DATA, **TINY_TRAIN}
     values.update({k.replace("__", "."): v for k, v in extra.items()})
-    if values.get("data.text") or values.get("data.train"):
+    if values.get("data.text_path") or values.get("data.train_path"):
         del values["data.corpus"]  # local files replace the built-in corpus
     return values
 

@@ -29,7 +29,7 @@ def text_run(tmp_path_factory: pytest.TempPathFactory, make_word_corpus: Callabl
     folder = tmp_path_factory.mktemp("api")
     corpus = make_word_corpus(folder / "corpus.txt", lines=600)
     previous = torch.get_num_threads()
-    overrides = make_tiny_overrides(data__text=str(corpus), data__split=[0.8, 0.1, 0.1],
+    overrides = make_tiny_overrides(data__text_path=str(corpus), data__split=[0.8, 0.1, 0.1],
                                data__batch_size=8, train__max_steps=40, train__eval_every=20)
     config = rnnlab.resolve_config(preset="synthetic", overrides=overrides)
     result = rnnlab.train(config, folder / "run")
@@ -40,7 +40,7 @@ def text_run(tmp_path_factory: pytest.TempPathFactory, make_word_corpus: Callabl
 def test_load_gives_a_model_in_eval_mode_with_its_vocabulary(text_run: Path) -> None:
     lm = LanguageModel.load(text_run)
     assert not lm.model.training
-    assert lm.config.data.text is not None and lm.config.data.corpus is None
+    assert lm.config.data.text_path is not None and lm.config.data.corpus is None
     assert "cat" in lm.vocab and lm.vocab.level == "word"
     assert lm.run_dir == text_run
 

@@ -82,16 +82,16 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                                       encoding="utf-8")
     (folder / "reviews.csv").write_text(reviews_csv(), encoding="utf-8")
     made = {
-        "word": train_run(folder / "word", {"data.text": str(folder / "words.txt"),
+        "word": train_run(folder / "word", {"data.text_path": str(folder / "words.txt"),
                                             "data.batch_size": 4, "data.bptt": 8}),
-        "char": train_run(folder / "char", {"data.text": str(folder / "chars.txt"),
+        "char": train_run(folder / "char", {"data.text_path": str(folder / "chars.txt"),
                                             "data.level": "char", "data.batch_size": 4,
                                             "data.bptt": 16}),
     }
     if importlib.util.find_spec("rnnlab.classify.task") is not None:
         made["clf"] = train_run(folder / "clf", {
-            "task": "classify", "data.train": str(folder / "reviews.csv"), "data.batch_size": 8,
-            "data.min_freq": 1, "data.max_vocab": 0, "train.max_minutes": 0,
+            "task": "classify", "data.train_path": str(folder / "reviews.csv"),
+            "data.batch_size": 8, "data.min_freq": 1, "data.max_vocab": 0, "train.max_minutes": 0,
             "train.warmup_steps": 0})
     return made
 

@@ -18,7 +18,8 @@ SENTENCE = "hello pytorch. how long can a rnn cell remember? show me your limit!
 
 
 def _char_config(text_file: Path, **extra):
-    overrides = {"data.text": str(text_file), "data.level": "char", "train.threads": 1, **extra}
+    overrides = {"data.text_path": str(text_file), "data.level": "char", "train.threads": 1,
+                 **extra}
     return resolve_config(preset="char-fast", overrides=overrides)
 
 
@@ -46,7 +47,7 @@ def _memorise(tmp_path: Path, input_kind: str) -> rnnlab.LanguageModel:
     # to continue it from its first character, as generation will ask.
     (tmp_path / "s.txt").write_text(SENTENCE, encoding="utf-8")
     config = resolve_config(preset="char-fast", overrides={
-        "data.train": str(tmp_path / "s.txt"), "data.valid": str(tmp_path / "s.txt"),
+        "data.train_path": str(tmp_path / "s.txt"), "data.valid_path": str(tmp_path / "s.txt"),
         "data.level": "char", "model.input": input_kind, "model.hidden_size": 64,
         "model.dropout": 0.0, "data.batch_size": 1, "data.bptt": 100, "data.eval_batch_size": 1,
         "train.lr": 1e-2, "train.warmup_steps": 0, "train.epochs": 150, "train.seed": 0,

@@ -62,7 +62,7 @@ def task(tmp_path) -> ClassificationTask:
     train = write_reviews(tmp_path / "train.csv", 300, seed=1)
     test = write_reviews(tmp_path / "test.csv", 90, seed=2)
     return build_classification_task(
-        _config(tmp_path, **{"data.train": str(train), "data.test": str(test)}), CPU)
+        _config(tmp_path, **{"data.train_path": str(train), "data.test_path": str(test)}), CPU)
 
 
 def test_build_from_files(task):
@@ -163,7 +163,7 @@ def test_texts_without_tokens_are_skipped_and_counted(tmp_path, pooling):
     train = append_reviews(write_reviews(tmp_path / "train.csv", 60, seed=1),
                            [("<br />", "pos"), ("<br/><BR>", "neg"), ("<br /> <br />", "mixed")])
     test = append_reviews(write_reviews(tmp_path / "test.csv", 12, seed=2), [("<br />", "neg")])
-    config = _config(tmp_path, **{"data.train": str(train), "data.test": str(test),
+    config = _config(tmp_path, **{"data.train_path": str(train), "data.test_path": str(test),
                                   "model.pooling": pooling})
     with pytest.warns(UserWarning) as caught:
         task = build_classification_task(config, CPU)
@@ -186,7 +186,7 @@ def test_a_split_left_without_texts_is_a_clear_error(tmp_path):
     train = write_reviews(tmp_path / "train.csv", 30, seed=1)
     test = append_reviews(write_reviews(tmp_path / "test.csv", 0, seed=2),
                           [("<br />", "neg"), ("<br>", "pos")])
-    config = _config(tmp_path, **{"data.train": str(train), "data.test": str(test)})
+    config = _config(tmp_path, **{"data.train_path": str(train), "data.test_path": str(test)})
     with pytest.raises(RnnlabError, match="no test text has a token"):
         build_classification_task(config, CPU)
 
@@ -198,7 +198,7 @@ NO_TOKENS = {"label": None, "probs": None, "error": "the text has no tokens"}
 def test_predict_answers_texts_without_tokens_one_by_one(tmp_path, pooling):
     train = write_reviews(tmp_path / "train.csv", 60, seed=1)
     task = build_classification_task(
-        _config(tmp_path, **{"data.train": str(train), "model.pooling": pooling}), CPU)
+        _config(tmp_path, **{"data.train_path": str(train), "model.pooling": pooling}), CPU)
     texts = ["<br />", "A great film", "<BR/><br>", "!!!"]
     out = predict_texts(task.model, task.vocab, task.label_names, texts, 50, batch_size=2)
     assert [out[0], out[2]] == [NO_TOKENS] * 2
@@ -212,7 +212,7 @@ def test_predict_answers_texts_without_tokens_one_by_one(tmp_path, pooling):
 
 def test_predict_command_prints_texts_without_tokens_as_unlabelled(tmp_path, capsys):
     train = write_reviews(tmp_path / "train.csv", 60, seed=1)
-    config = _config(tmp_path, **{"data.train": str(train), "train.max_steps": 1})
+    config = _config(tmp_path, **{"data.train_path": str(train), "train.max_steps": 1})
     rnnlab.train(config, tmp_path / "run")
     capsys.readouterr()
     assert cli.main(["predict", str(tmp_path / "run"), "<br />", "loved it"]) == 0
@@ -239,7 +239,7 @@ def test_artifacts_round_trip(task, tmp_path):
 
 
 def test_saved_vocab_and_labels_are_reused(task, tmp_path):
-    config = _config(tmp_path, **{"data.train": str(write_reviews(tmp_path / "t.csv", 60, 5))})
+    config = _config(tmp_path, **{"data.train_path": str(write_reviews(tmp_path / "t.csv", 60, 5))})
     rebuilt = build_classification_task(config, CPU, vocab=task.vocab,
                                         label_names=task.label_names)
     assert rebuilt.vocab is task.vocab and rebuilt.label_names == task.label_names
@@ -254,7 +254,7 @@ def test_saved_vocab_and_labels_are_reused(task, tmp_path):
 
 def test_one_labelled_file_is_split_three_ways(tmp_path):
     data = write_reviews(tmp_path / "all.csv", 200, seed=3, labels=("neg", "pos"))
-    task = build_classification_task(_config(tmp_path, **{"data.text": str(data)}), CPU)
+    task = build_classification_task(_config(tmp_path, **{"data.text_path": str(data)}), CPU)
     assert {s: len(e) for s, e in task.sets.items()} == {"train": 160, "valid": 20, "test": 20}
 
 
@@ -263,10 +263,10 @@ def test_unknown_test_label_and_one_class(tmp_path):
     test = write_reviews(tmp_path / "test.csv", 6, seed=2, labels=("neg", "meh"))
     with pytest.raises(RnnlabError, match="label 'meh' is not one of the classes"):
         build_classification_task(
-            _config(tmp_path, **{"data.train": str(train), "data.test": str(test)}), CPU)
+            _config(tmp_path, **{"data.train_path": str(train), "data.test_path": str(test)}), CPU)
     single = write_reviews(tmp_path / "one.csv", 20, seed=1, labels=("pos",))
     with pytest.raises(RnnlabError, match="only one class"):
-        build_classification_task(_config(tmp_path, **{"data.train": str(single)}), CPU)
+        build_classification_task(_config(tmp_path, **{"data.train_path": str(single)}), CPU)
 
 
 def write_imdb(root: Path) -> None:
@@ -307,7 +307,7 @@ def test_imdb_text_is_unlabelled_and_training_reviews_as_the_classifier_reads_th
 
 def test_end_to_end_run_with_the_trainer(tmp_path):
     train = write_reviews(tmp_path / "train.csv", 120, seed=1)
-    config = _config(tmp_path, **{"data.train": str(train), "train.epochs": 1,
+    config = _config(tmp_path, **{"data.train_path": str(train), "train.epochs": 1,
                                   "train.max_minutes": 0.0})
     result = rnnlab.train(config, tmp_path / "run")
     assert result.steps == 7  # 108 training examples in batches of 16

@@ -188,7 +188,7 @@ def test_train_on_a_small_local_text_file(cli: dict[str, Result]) -> None:
     run = cli["work"] / "text-run"  # type: ignore[operator]
     assert "run directory: text-run" in out
     config = ckpt.load_config(run)
-    assert config.data.corpus is None and config.data.text.endswith("small.txt")
+    assert config.data.corpus is None and config.data.text_path.endswith("small.txt")
     assert LanguageModel.load(run).evaluate("valid")["tokens"] > 0
 
 
@@ -283,7 +283,7 @@ def test_char_level_samples_skip_the_vocabularys_unknown_symbol(
 
     text = tmp_path / "chars.txt"
     text.write_text("to be or not to be, that is the question.\n" * 40, encoding="utf-8")
-    run = train_tiny(data__text=str(text), data__level="char", train__max_steps=3).run_dir
+    run = train_tiny(data__text_path=str(text), data__level="char", train__max_steps=3).run_dir
     lm = LanguageModel.load(run)
     assert lm.vocab.level == "char" and lm.vocab.unk is not None
     with torch.no_grad():  # make the unknown symbol by far the most likely output
@@ -321,8 +321,8 @@ def test_train_reports_from_memory_the_numbers_a_reload_measures(
         def on_train_end(self, trainer, result) -> None:
             text.unlink()
 
-    monkeypatch.setattr(cli, "PlotCurves", RemoveText)
-    overrides = make_tiny_overrides(data__text=str(text), data__split="0.8,0.1,0.1")
+    monkeypatch.setattr("rnnlab.commands.train.PlotCurves", RemoveText)
+    overrides = make_tiny_overrides(data__text_path=str(text), data__split="0.8,0.1,0.1")
     sets = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
     capsys.readouterr()
     assert cli.main(["train", *sets, "--out", str(tmp_path / "run"), "--samples", "1"]) == 0

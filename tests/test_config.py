@@ -115,7 +115,7 @@ def test_bare_key_that_names_one_field() -> None:
     config = RunConfig()
     apply_overrides(config, {"hidden_size": "64", "train": "a.txt"}, source="--set")
     assert config.model.hidden_size == 64
-    assert config.data.train == "a.txt"  # `train` is a data field, not the section
+    assert config.data.train_path == "a.txt"  # `train` is a data field, not the section
 
 
 @pytest.mark.parametrize(
@@ -198,9 +198,10 @@ def test_partial_dict_keeps_defaults() -> None:
 
 
 def test_local_files_clear_the_default_corpus() -> None:
-    config = resolve_config(overrides={"data.train": "train.txt", "data.valid": "valid.txt"})
+    config = resolve_config(overrides={"data.train_path": "train.txt",
+                                       "data.valid_path": "valid.txt"})
     assert config.data.corpus is None
-    assert config.data.train == "train.txt"
+    assert config.data.train_path == "train.txt"
     # Local word-level files get the word-level recipe, not the synthetic corpus's.
     assert config.preset != "synthetic"
 
@@ -209,14 +210,14 @@ def test_local_text_clears_the_presets_corpus(tmp_path: Path) -> None:
     preset = _preset("synthetic")
     assert read_preset(preset)["data"]["corpus"] == "synthetic"
     config = resolve_config(preset=preset, config_file=_toml(tmp_path, '[data]\ntext = "a.txt"\n'))
-    assert config.data.corpus is None and config.data.text == "a.txt"
+    assert config.data.corpus is None and config.data.text_path == "a.txt"
 
 
 def test_corpus_named_together_with_files_is_an_error() -> None:
     with pytest.raises(RnnlabError, match="exactly one data source"):
         resolve_config(
             preset=_preset("synthetic"),
-            overrides={"data.corpus": "ptb", "data.train": "train.txt"},
+            overrides={"data.corpus": "ptb", "data.train_path": "train.txt"},
         )
 
 

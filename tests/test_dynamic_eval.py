@@ -148,7 +148,7 @@ def _run(tmp_path: Path) -> Path:
     text = tmp_path / "text.txt"
     text.write_text("\n".join(lines * 60) + "\n", encoding="utf-8")
     config = RunConfig()
-    config.data.corpus, config.data.text, config.data.split = None, str(text), [0.6, 0.2, 0.2]
+    config.data.corpus, config.data.text_path, config.data.split = None, str(text), [0.6, 0.2, 0.2]
     config.model = ModelConfig(embedding_dim=8, hidden_size=12, num_layers=1, dropout=0.0,
                                tie_weights=False)
     vocab = load_lm_data(config.data).vocab
@@ -159,13 +159,15 @@ def _run(tmp_path: Path) -> Path:
 
 def test_tuning_records_settings_that_the_test_split_then_uses(tmp_path: Path,
                                                                monkeypatch) -> None:
-    monkeypatch.setattr(adaptive, "LR_GRID", [1e-2, 1e-1])
+    monkeypatch.setattr(adaptive, "EPS_GRID", [1e-3, 1e-2])
     monkeypatch.setattr(adaptive, "DECAY_GRID", [1e-2])
     run = _run(tmp_path)
     lm = LanguageModel.load(run)
     tuned = lm.evaluate("valid", dynamic=True, tune=True)
     record = json.loads((run / "adaptive.json").read_text())["dynamic"]
     assert record["dynamic"]["lr"] > 0 and tuned["settings"] == "tuned"
+    assert record["dynamic"]["eps"] in (1e-3, 1e-2)  # searched, with lr around it
+    assert {"lr", "eps", "decay"} <= set(record["trials"][0])
     assert record["valid_ppl"] == tuned["ppl"] < lm.evaluate("valid", batch_size=1)["ppl"]
     test = lm.evaluate("test", dynamic=True)
     assert test["settings"] == "recorded" and test["dynamic"] == record["dynamic"]
@@ -194,7 +196,7 @@ def test_cli_dynamic_eval_prints_its_settings(tmp_path: Path, capsys) -> None:
 
 def test_both_methods_together_use_the_settings_each_was_tuned_with(tmp_path: Path,
                                                                     monkeypatch) -> None:
-    monkeypatch.setattr(adaptive, "LR_GRID", [1e-2])
+    monkeypatch.setattr(adaptive, "EPS_GRID", [1e-2])
     monkeypatch.setattr(adaptive, "DECAY_GRID", [1e-2])
     lm = LanguageModel.load(_run(tmp_path))
     dynamic = lm.evaluate("valid", dynamic=True, tune=True)["dynamic"]

@@ -52,7 +52,7 @@ def write_lines(path: Path, count: int = 60, seed: int = 0) -> Path:
 
 
 def train_lines(tmp_path: Path, name: str = "run", **overrides: Any) -> Path:
-    values = {**TINY, "data.text": str(write_lines(tmp_path / "lines.txt")), **overrides}
+    values = {**TINY, "data.text_path": str(write_lines(tmp_path / "lines.txt")), **overrides}
     rnnlab.train(resolve_config(preset="char-fast", overrides=values), tmp_path / name)
     return tmp_path / name
 
@@ -140,7 +140,7 @@ def test_lines_split_by_fraction_with_the_seed_and_skip_empty_lines(tmp_path: Pa
     text = tmp_path / "t.txt"
     text.write_text("\n".join(f"line{i}" for i in range(40)) + "\n\n  \nlast\n", encoding="utf-8")
     config = RunConfig()
-    config.data.corpus, config.data.text, config.data.unit = None, str(text), "line"
+    config.data.corpus, config.data.text_path, config.data.unit = None, str(text), "line"
     config.data.level, config.data.split = "word", [0.8, 0.1, 0.1]
     data = load_line_data(config)
     assert {s: len(v) for s, v in data.sets.items()} == {"train": 33, "valid": 4, "test": 4}
@@ -151,6 +151,21 @@ def test_lines_split_by_fraction_with_the_seed_and_skip_empty_lines(tmp_path: Pa
     config.train.seed += 1
     assert load_line_data(config).sets["valid"].texts != data.sets["valid"].texts
     assert data.vocab.itos[:3] == ["<unk>", BOS, EOL]
+
+
+def test_a_given_test_file_is_the_test_split_and_valid_is_carved_from_train(
+        tmp_path: Path) -> None:
+    train, test = tmp_path / "train.txt", tmp_path / "test.txt"
+    train.write_text("\n".join(f"tr{i}" for i in range(40)) + "\n", encoding="utf-8")
+    test.write_text("te0\nte1\nte2\n", encoding="utf-8")
+    config = RunConfig()
+    config.data.corpus, config.data.unit, config.data.level = None, "line", "word"
+    config.data.train_path, config.data.test_path = str(train), str(test)
+    config.data.split = [0.8, 0.1, 0.1]
+    data = load_line_data(config)
+    assert data.sets["test"].texts == ["te0", "te1", "te2"]
+    assert len(data.sets["valid"]) == 4 and len(data.sets["train"]) == 36
+    assert all(t.startswith("tr") for t in data.sets["valid"].texts)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -164,7 +179,7 @@ def test_too_few_lines_are_one_line_errors_and_write_nothing(
     out = tmp_path / "run"
     with pytest.raises(RnnlabError, match=message):
         rnnlab.train(resolve_config(preset="char-fast", overrides={
-            **TINY, "data.text": str(text)}), out)
+            **TINY, "data.text_path": str(text)}), out)
     assert not out.exists()
 
 
@@ -206,7 +221,7 @@ def test_word_level_lines(tmp_path: Path, one_thread: None) -> None:
                     encoding="utf-8")
     run = tmp_path / "run"
     rnnlab.train(resolve_config(preset="word-small", overrides={
-        **TINY, "data.level": "word", "data.text": str(text)}), run)
+        **TINY, "data.level": "word", "data.text_path": str(text)}), run)
     lm = LanguageModel.load(run)
     assert lm.vocab.itos[:3] == ["<unk>", BOS, EOL]
     texts = lm.generate("the", 6, num_samples=3, seed=0)

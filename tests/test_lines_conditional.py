@@ -44,7 +44,7 @@ def write_folder(root: Path, per_label: int = 20) -> Path:
 
 def train(source: Path, out: Path, **overrides: Any) -> Path:
     rnnlab.train(resolve_config(preset="char-fast", overrides={
-        **TINY, "data.text": str(source), **overrides}), out)
+        **TINY, "data.text_path": str(source), **overrides}), out)
     return out
 
 
@@ -77,6 +77,19 @@ def test_unknown_or_missing_label_is_a_one_line_error_listing_the_labels(
                      "--seed", "0", "--novelty"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 4 and out[3].startswith("novelty of 3 samples")
+
+
+def test_score_reads_a_line_under_the_given_label(conditioned: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    lines = tmp_path / "lines.txt"
+    lines.write_text("abab\n", encoding="utf-8")
+    scores = {}
+    for label in ("Aish", "Eish"):
+        assert cli.main(["score", str(conditioned), "--file", str(lines), "--label", label]) == 0
+        scores[label] = json.loads(capsys.readouterr().out)["logprob"]
+    assert scores["Aish"] > scores["Eish"]  # "abab" is written in Aish's letters
+    assert cli.main(["score", str(conditioned), "--file", str(lines)]) == 2
+    assert "conditioned on a label" in capsys.readouterr().err
 
 
 def test_the_labels_are_saved_and_a_copy_of_the_model_keeps_them(
@@ -138,7 +151,7 @@ def test_char_level_classification_end_to_end(tmp_path: Path, one_thread: None,
     folder = write_folder(tmp_path, per_label=30)
     run = tmp_path / "clf"
     config = resolve_config(overrides={
-        "task": "classify", "data.text": str(folder), "data.level": "char",
+        "task": "classify", "data.text_path": str(folder), "data.level": "char",
         "data.split": "0.7,0.15,0.15", "model.embedding_dim": 8, "model.hidden_size": 16,
         "model.bidirectional": False, "model.pooling": "mean", "data.batch_size": 8,
         "data.min_freq": 1, "train.max_steps": 60, "train.eval_every": 60, "train.lr": 0.02,

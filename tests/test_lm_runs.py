@@ -50,9 +50,9 @@ def test_lm_run_max_steps_metrics_and_files(train_tiny: TrainTiny) -> None:
 
 
 def test_lm_run_on_a_local_text_file(train_tiny: TrainTiny, word_corpus: Path) -> None:
-    result = train_tiny(data__text=str(word_corpus), train__max_steps=6)
+    result = train_tiny(data__text_path=str(word_corpus), train__max_steps=6)
     config = ckpt.load_config(result.run_dir)
-    assert config.data.corpus is None and config.data.text == str(word_corpus)
+    assert config.data.corpus is None and config.data.text_path == str(word_corpus)
     vocab = json.loads((result.run_dir / ckpt.VOCAB).read_text(encoding="utf-8"))["tokens"]
     assert vocab[:2] == ["<unk>", "<eos>"] and {"cat", "river", "morning"} <= set(vocab)
     assert result.steps == 6 and result.metrics[-1]["step"] == 6

@@ -69,9 +69,9 @@ def test_prepared_ids_and_vocabulary_equal_the_in_memory_path(
         tmp_path: Path, level: str, layout: str, min_freq: int) -> None:
     (tmp_path / "t.txt").write_bytes(TRICKY.encode("utf-8"))
     (tmp_path / "v.txt").write_bytes("the cat\r\nzebra 😀 dog\n".encode())
-    files = ({"text": str(tmp_path / "t.txt")} if layout == "one file" else
-             {"train": str(tmp_path / "t.txt"), "valid": str(tmp_path / "v.txt"),
-              "test": str(tmp_path / "v.txt")})
+    files = ({"text_path": str(tmp_path / "t.txt")} if layout == "one file" else
+             {"train_path": str(tmp_path / "t.txt"), "valid_path": str(tmp_path / "v.txt"),
+              "test_path": str(tmp_path / "v.txt")})
     memory = load_lm_data(_config(tmp_path, level, "never", min_freq, **files))
     config = _config(tmp_path, level, "always", min_freq, **files)
     mapped = prepare(prepared_source(config), tmp_path / "data", chunk_bytes=5)
@@ -83,7 +83,7 @@ def test_prepared_ids_and_vocabulary_equal_the_in_memory_path(
 
 def test_second_load_maps_the_cache(tmp_path: Path) -> None:
     (tmp_path / "t.txt").write_text(TRICKY, encoding="utf-8")
-    config = _config(tmp_path, "word", "always", text=str(tmp_path / "t.txt"))
+    config = _config(tmp_path, "word", "always", text_path=str(tmp_path / "t.txt"))
     first = prepare(prepared_source(config), tmp_path / "data")
     second = prepare(prepared_source(config), tmp_path / "data")
     assert (first.status, second.status) == ("built", "reused")
@@ -106,7 +106,7 @@ def _mapped_file(ids: torch.Tensor) -> Path | None:
 def test_stale_or_damaged_cache_is_rebuilt(tmp_path: Path, damage: str) -> None:
     source_file = tmp_path / "t.txt"
     source_file.write_text(TRICKY, encoding="utf-8")
-    config = _config(tmp_path, "word", "always", text=str(source_file))
+    config = _config(tmp_path, "word", "always", text_path=str(source_file))
     first = prepare(prepared_source(config), tmp_path / "data")
     if damage == "source":
         source_file.write_text(TRICKY.replace("cat", "dog"), encoding="utf-8")
@@ -121,12 +121,12 @@ def test_stale_or_damaged_cache_is_rebuilt(tmp_path: Path, damage: str) -> None:
     again = prepare(prepared_source(config), tmp_path / "data")
     assert again.status.startswith("rebuilt")
     assert _lists(again.splits) == _lists(load_lm_data(
-        _config(tmp_path, "word", "never", text=str(source_file))).splits)
+        _config(tmp_path, "word", "never", text_path=str(source_file))).splits)
 
 
 def test_evaluation_with_the_trained_vocabulary_reuses_the_cache(tmp_path: Path) -> None:
     (tmp_path / "t.txt").write_text(TRICKY, encoding="utf-8")
-    config = _config(tmp_path, "word", "always", text=str(tmp_path / "t.txt"))
+    config = _config(tmp_path, "word", "always", text_path=str(tmp_path / "t.txt"))
     trained = load_lm_data(config)
     again = prepare(prepared_source(config), tmp_path / "data", trained.vocab)
     assert again.status == "reused"
@@ -137,7 +137,7 @@ def test_evaluation_with_the_trained_vocabulary_reuses_the_cache(tmp_path: Path)
 
 def _prepare_in_child(args: tuple[str, str]) -> tuple[str, bytes]:
     text, root = args
-    config = DataConfig(corpus=None, text=text, data_dir=root, prepared="always")
+    config = DataConfig(corpus=None, text_path=text, data_dir=root, prepared="always")
     prepared = prepare(prepared_source(config), Path(root), chunk_bytes=64)
     return prepared.status, prepared.splits["train"].numpy().tobytes()
 
@@ -165,7 +165,7 @@ def test_batchify_views_a_compact_map_and_windows_convert(tmp_path: Path) -> Non
 def test_evaluating_mapped_ids_equals_evaluating_in_memory_ids(tmp_path: Path,
                                                                 one_thread) -> None:
     (tmp_path / "t.txt").write_text(TRICKY, encoding="utf-8")
-    data = load_lm_data(_config(tmp_path, "word", "always", text=str(tmp_path / "t.txt")))
+    data = load_lm_data(_config(tmp_path, "word", "always", text_path=str(tmp_path / "t.txt")))
     assert data.splits["valid"].dtype == torch.uint16
     torch.manual_seed(0)
     model = RNNLanguageModel(ModelConfig(embedding_dim=8, hidden_size=8, num_layers=1,
@@ -181,7 +181,7 @@ def test_evaluating_mapped_ids_equals_evaluating_in_memory_ids(tmp_path: Path,
 @pytest.mark.slow
 def test_prepared_path_gives_the_same_perplexity(tmp_path: Path, train_tiny, one_thread) -> None:
     (tmp_path / "t.txt").write_text(TRICKY, encoding="utf-8")
-    common = {"data__text": str(tmp_path / "t.txt"), "data__data_dir": str(tmp_path / "data"),
+    common = {"data__text_path": str(tmp_path / "t.txt"), "data__data_dir": str(tmp_path / "data"),
               "data__split": [0.8, 0.1, 0.1], "train__max_steps": 6}
     memory = train_tiny("memory", data__prepared="never", **common)
     mapped = train_tiny("mapped", data__prepared="always", **common)

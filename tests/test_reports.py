@@ -11,7 +11,8 @@ import pytest
 import rnnlab
 import rnnlab.checkpoint
 from rnnlab.errors import RnnlabError
-from rnnlab.reports import format_runs, list_runs, plot_runs
+from rnnlab.plots import plot_runs
+from rnnlab.tables import format_runs, list_runs
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def test_classifier_report_is_a_table_with_the_confusion_matrix() -> None:
 
 
 def test_config_keys_mark_the_keys_of_one_task() -> None:
-    from rnnlab.reports import config_keys
+    from rnnlab.tables import config_keys
 
     lines = {line.split()[0]: line for line in config_keys().splitlines()}
     assert lines["data.bptt"].endswith("(lm only)")

@@ -93,7 +93,7 @@ def test_same_seed_same_numbers_in_two_processes_and_run_json_says_how(tmp_path:
 
     # The comparison can fail: another seed gives other numbers.
     config = rnnlab.resolve_config(overrides={
-        **SETTINGS, "data.text": str(tmp_path / "corpus.txt"), "train.seed": 100,
+        **SETTINGS, "data.text_path": str(tmp_path / "corpus.txt"), "train.seed": 100,
         "train.epochs": 1})
     other = rnnlab.train(config, tmp_path / "c")
     assert comparable(other.metrics)[0] != comparable(metrics)[0]
@@ -177,7 +177,7 @@ def test_a_failing_plot_is_a_warning_not_a_failed_run(
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("no fonts today")
 
-    monkeypatch.setattr("rnnlab.reports.plot_runs", broken)
+    monkeypatch.setattr("rnnlab.plots.plot_runs", broken)
     config = rnnlab.resolve_config(preset="synthetic", overrides=TINY)
     with pytest.warns(RuntimeWarning, match="could not draw .*curves.png: no fonts today"):
         result = rnnlab.train(config, tmp_path / "run", callbacks=[PlotCurves()])

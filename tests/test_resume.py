@@ -196,11 +196,11 @@ def test_classifier_interrupted_by_sigint_then_resumed_equals_uninterrupted(
         cli_runner: CliRunner, tmp_path: Path) -> None:
     pytest.importorskip("rnnlab.classify.task")
     data = write_reviews(tmp_path / "reviews.csv")
-    overrides = {**CLASSIFY, "data.train": data.name}
+    overrides = {**CLASSIFY, "data.train_path": data.name}
     cut = tmp_path / "cut"
     interrupter = Interrupter(["train", *set_args(overrides), "--out", cut.name], cut, tmp_path)
     interrupter.start()
-    config = rnnlab.resolve_config(overrides={**overrides, "data.train": str(data)})
+    config = rnnlab.resolve_config(overrides={**overrides, "data.train_path": str(data)})
     full = rnnlab.train(config, tmp_path / "full")  # the reference, meanwhile
     assert full.stop_reason == "epochs"
     stopped_at = check_interrupted(interrupter.outcome(), cut)

@@ -123,7 +123,7 @@ def test_word_split_of_one_long_line_cuts_between_tokens(tmp_path: Path) -> None
     words = [f"w{i % 37}" for i in range(1000)]
     path = tmp_path / "one-line.txt"
     path.write_text(" ".join(words), encoding="utf-8")  # no newline anywhere
-    config = DataConfig(corpus=None, text=str(path), split=[0.8, 0.1, 0.1])
+    config = DataConfig(corpus=None, text_path=str(path), split=[0.8, 0.1, 0.1])
     data = load_lm_data(config)
     pieces = [data.vocab.decode(data.splits[name].tolist()) for name in ("train", "valid", "test")]
     # 1000 words and the line's <eos>: contiguous runs at the 80% and 90% cuts.
@@ -153,7 +153,7 @@ def test_line_endings_are_read_as_newlines(tmp_path: Path, ending: bytes) -> Non
     other.write_bytes(ending.join(lines) + ending)
     assert read_text(other) == read_text(unix)
     for level in ("char", "word"):
-        a, b = (load_lm_data(DataConfig(corpus=None, text=str(p), level=level,
+        a, b = (load_lm_data(DataConfig(corpus=None, text_path=str(p), level=level,
                                         split=[0.8, 0.2])) for p in (unix, other))
         assert "\r" not in b.vocab and b.vocab.itos == a.vocab.itos
         assert {k: v.tolist() for k, v in b.splits.items()} == {

@@ -24,7 +24,7 @@ def lm_run(tmp_path_factory, make_word_corpus, make_tiny_overrides) -> Path:
     folder = tmp_path_factory.mktemp("lm")
     corpus = make_word_corpus(folder / "corpus.txt")
     config = resolve_config(preset="synthetic", overrides=make_tiny_overrides(
-        data__text=str(corpus), train__max_steps=5))
+        data__text_path=str(corpus), train__max_steps=5))
     return rnnlab.train(config, folder / "run").run_dir
 
 
@@ -104,7 +104,7 @@ def test_training_from_a_language_model(lm_run: Path, tmp_path: Path, capsys) ->
     data = tmp_path / "reviews.csv"
     data.write_text("\n".join(rows) + "\n", encoding="utf-8")
     config = resolve_config(preset="imdb-bilstm", overrides={
-        "data.train": str(data), "data.min_freq": 1, "model.embedding_dim": 16,
+        "data.train_path": str(data), "data.min_freq": 1, "model.embedding_dim": 16,
         "model.hidden_size": 32, "train.max_steps": 1, "train.lr": 1e-12,
         "train.warmup_steps": 0, "train.init_from": str(lm_run), "train.device": "cpu"})
     run = rnnlab.train(config, tmp_path / "clf").run_dir

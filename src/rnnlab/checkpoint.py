@@ -39,6 +39,7 @@ from rnnlab.atomic import atomic_open, atomic_write_bytes, atomic_write_text  # 
 from rnnlab.config import RunConfig
 from rnnlab.data.vocab import Vocab
 from rnnlab.errors import RnnlabError
+from rnnlab.runtime import resolve_device
 
 CONFIG = "config.json"
 VOCAB = "vocab.json"
@@ -186,6 +187,22 @@ def load_config(run_dir: str | Path) -> RunConfig:
     if not isinstance(raw, dict):
         raise RnnlabError(f"{path} is corrupted (not a JSON object)")
     return RunConfig.from_dict(raw, source=str(path)).validate()
+
+
+def load_run_config(run_dir: str | Path, task: str, what: str) -> tuple[Path, RunConfig]:
+    """A run directory and its config, refused unless it holds a ``task`` run (``what``: how
+    the error names one, e.g. "a language model")."""
+    run_dir = Path(run_dir)
+    config = load_config(run_dir)
+    if config.task != task:
+        raise RnnlabError(f"{run_dir} holds a {config.task} run, not {what}")
+    return run_dir, config
+
+
+def load_run_weights(model: nn.Module, run_dir: Path, which: str, device: str) -> nn.Module:
+    """``model`` with the run's ``which`` weights (``"best"`` or ``"last"``), on ``device``."""
+    load_weights(model, weights_path(run_dir, which))
+    return model.to(resolve_device(device))
 
 
 def weights_path(run_dir: Path, which: str) -> Path:

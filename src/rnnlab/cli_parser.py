@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "language model (one JSON line each)")
     score.add_argument("run")
     score.add_argument("--file", required=True, help="one text per line; - reads stdin")
+    score.add_argument("--label", help="a line model conditioned on labels: score under this one")
     score.add_argument("--device", default="cpu")
     score.add_argument("--threads", type=int,
                        help="intra-op CPU threads (default: the run's train.threads)")
@@ -214,18 +215,31 @@ def add_cache_flags(parser: Any) -> None:
 # --- train flags -------------------------------------------------------------------------------
 
 
-def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The CLI's flags as ``section.key`` overrides (they win over presets and config files)."""
+def set_overrides(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as overrides (the value still a string, typed later)."""
     values: dict[str, Any] = {}
-    for item in args.set:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise RnnlabError(f"--set expects KEY=VALUE, got {item!r}")
         values[key.strip()] = value.strip()
+    return values
+
+
+def data_overrides(args: argparse.Namespace, corpus: str | None) -> dict[str, Any]:
+    """The data flags that ``train`` and ``data prepare`` share, as ``data.*`` overrides (a
+    flag not given is None)."""
+    return {"data.corpus": corpus, "data.train_path": args.train_file,
+            "data.valid_path": args.valid_file, "data.test_path": args.test_file,
+            "data.text_path": args.text, "data.level": args.level,
+            "data.data_dir": args.data_dir}
+
+
+def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The CLI's flags as ``section.key`` overrides (they win over presets and config files)."""
+    values = set_overrides(args.set)
     flags = {
-        "task": args.task, "data.corpus": args.corpus, "data.train": args.train_file,
-        "data.valid": args.valid_file, "data.test": args.test_file, "data.text": args.text,
-        "data.level": args.level, "data.data_dir": args.data_dir, "train.epochs": args.epochs,
+        "task": args.task, **data_overrides(args, args.corpus), "train.epochs": args.epochs,
         "train.max_steps": args.max_steps, "train.max_minutes": args.max_minutes,
         "train.seed": args.seed, "train.device": args.device, "train.threads": args.threads,
         "train.precision": args.precision, "train.init_from": args.init_from,

@@ -120,10 +120,10 @@ class DataConfig:
     """
 
     corpus: str | None = "synthetic"  # a known corpus; None when files are given
-    train: str | None = None
-    valid: str | None = None
-    test: str | None = None
-    text: str | None = None  # one file, split by `split`
+    train_path: str | None = None  # --train
+    valid_path: str | None = None  # --valid
+    test_path: str | None = None  # --test
+    text_path: str | None = None  # --text: one file, split by `split`
     split: list[float] = field(default_factory=lambda: [0.9, 0.1, 0.0])  # train, valid, test
     level: str = "word"
     # "line": every non-empty line is one example read from a fresh state (rnnlab.lines)
@@ -164,13 +164,13 @@ class DataConfig:
             )
         if not 0 < self.valid_fraction < 1:
             raise RnnlabError(f"data.valid_fraction must be in (0, 1), got {self.valid_fraction}")
-        sources = [s for s in ("corpus", "train", "text") if getattr(self, s)]
+        sources = [s for s in ("corpus", "train_path", "text_path") if getattr(self, s)]
         if len(sources) != 1:
             raise RnnlabError(
                 "give exactly one data source: --corpus NAME, --train FILE (with --valid/--test), "
                 "or --text FILE"
             )
-        if (self.valid or self.test) and not self.train:
+        if (self.valid_path or self.test_path) and not self.train_path:
             raise RnnlabError("--valid/--test need --train")
 
 

@@ -34,6 +34,14 @@ TASK_ONLY: dict[str, str] = {
 _INERT: dict[str, Any] = {"model.tie_weights": False}
 # Classification keys that a line-by-line language model reads too (for its labelled lines).
 LINE_KEYS = ("data.text_field", "data.label_field")
+# Keys renamed since runs were written (old -> new): a run's config.json, a preset or config
+# file, or a `--set` that uses the old spelling still means the same field.
+ALIASES: dict[str, str] = {
+    "data.train": "data.train_path", "data.valid": "data.valid_path",
+    "data.test": "data.test_path", "data.text": "data.text_path",
+    "train": "data.train_path", "valid": "data.valid_path", "test": "data.test_path",
+    "text": "data.text_path",
+}
 
 
 def check_task_fields(config: RunConfig, named: dict[str, str]) -> None:
@@ -99,6 +107,7 @@ def apply_overrides(config: RunConfig, values: dict[str, Any], *, source: str) -
 
 
 def _resolve_key(key: str, source: str) -> tuple[str | None, str]:
+    key = ALIASES.get(key, key)
     if "." in key:
         section, _, name = key.partition(".")
         if section in SECTIONS and name in _field_names(SECTIONS[section]):
@@ -119,6 +128,29 @@ def canonical_key(key: str, source: str = "--set") -> str:
     """``section.name`` for a key written either that way or as a bare field name."""
     section, name = _resolve_key(key, source)
     return name if section is None else f"{section}.{name}"
+
+
+def resume_overrides(args: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides a resumed run accepts (``args``: ``rnnlab train``'s): its budget and other
+    ``train.*`` options, but nothing that decides its data (the seed draws a classifier's
+    train/valid split and the order of batches and windows), so that a resume trains on what
+    the run trained on."""
+    if args.out:
+        raise RnnlabError(f"--out cannot be used with --resume; the run continues in "
+                          f"{args.resume}")
+    values = {canonical_key(k): v for k, v in overrides.items()}
+    if args.finetune or "train.finetune_from" in values:
+        raise RnnlabError("--finetune starts a new run; it cannot be used with --resume")
+    if "train.init_from" in values:
+        raise RnnlabError("--init-from starts a new run; a resumed run continues from "
+                          "its own checkpoint")
+    if "train.seed" in values:
+        raise RnnlabError("--seed cannot be used with --resume: the seed decides the data split "
+                          "and the order of batches and windows, which a resumed run keeps")
+    if any(not k.startswith("train.") for k in values) or args.preset or args.config:
+        raise RnnlabError("--resume continues a run as configured; only budget and "
+                          "train.* options may change")
+    return values
 
 
 def _field_names(cls: type) -> set[str]:
@@ -249,7 +281,7 @@ def _apply_layers(config: RunConfig, layers: list[tuple[str, dict[str, Any]]]) -
     for source, values in layers:
         apply_overrides(config, values, source=source)
     named = {_resolve_key(k, s) for s, values in layers for k in values}
-    if ("data", "corpus") not in named and (config.data.train or config.data.text):
+    if ("data", "corpus") not in named and (config.data.train_path or config.data.text_path):
         # Local files replace the preset's (or default) corpus; done for the probe too, so that
         # a run on local files does not get the synthetic corpus's preset.
         config.data.corpus = None

@@ -1,23 +1,21 @@
-"""What the terminal shows: run summaries, evaluation reports, samples, tables and plots.
+"""What the terminal shows of training, evaluation and generation: run summaries, reports,
+samples and progress. Tables (runs, presets, corpora) are :mod:`rnnlab.tables`'; pictures are
+:mod:`rnnlab.plots`'.
 
-Each function returns text (or writes a PNG); the CLI decides where it goes.
+Each function returns text; the CLI decides where it goes.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
 import time
 import typing
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rnnlab import checkpoint as ckpt
-from rnnlab.config import SECTIONS, RunConfig
-from rnnlab.config_resolve import TASK_ONLY
-from rnnlab.errors import RnnlabError
+from rnnlab.config import RunConfig
+from rnnlab.lines.inference import known_lines, novelty
 
 if TYPE_CHECKING:
     from rnnlab.lm.inference import LanguageModel
@@ -26,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def run_header(config: RunConfig, out: str | None) -> str:
-    data = config.data.corpus or config.data.text or config.data.train
+    data = config.data.corpus or config.data.text_path or config.data.train_path
     return (f"run: {out or '(default)'} | task {config.task} | preset {config.preset} | "
             f"data {data}")
 
@@ -90,8 +88,6 @@ def line_report(report: dict[str, Any]) -> str:
 def line_samples(lm: LanguageModel, count: int) -> list[str]:
     """``count`` whole lines sampled at temperature 1 (the model's own distribution), spread
     over the labels of a conditioned model, then their novelty."""
-    from rnnlab.lines.inference import known_lines, novelty
-
     labels = lm.label_names or [None]
     skip = [lm.vocab.unk] if lm.vocab.unk else []
     out, texts = [], []
@@ -200,194 +196,10 @@ def classifier_report(report: dict[str, Any], split: str) -> str:
     return "\n".join(lines)
 
 
-def config_keys() -> str:
-    """Every key that ``--set``, config files and presets accept: type, default, task."""
-    defaults = RunConfig()
-    rows = [("task", "str", defaults.task), ("preset", "str | None", None)]
-    for section, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            hint = hints[f.name]
-            kind = str(hint) if typing.get_args(hint) else hint.__name__  # list[int], str
-            rows.append((f"{section}.{f.name}", kind,
-                         getattr(getattr(defaults, section), f.name)))
-    lines = []
-    for key, kind, value in rows:
-        shown = "none" if value is None else json.dumps(value)
-        only = f"  ({TASK_ONLY[key]} only)" if key in TASK_ONLY else ""
-        lines.append(f"{key:26} {kind:14} {shown}{only}")
-    return "\n".join(lines)
-
-
-def presets_table(presets: dict[str, dict[str, Any]]) -> str:
-    """One line per preset (name -> its raw TOML table): name, task, description."""
-    return "\n".join(f"{name:14} {raw.get('task', 'lm'):9} {raw.get('description', '')}"
-                     for name, raw in presets.items())
-
-
-def corpora_table(corpora: dict[str, Any], root: Path) -> str:
-    """One line per known corpus (whether its files are under ``root``), then ``root``."""
-    lines = []
-    for name, corpus in sorted(corpora.items()):
-        present = all((root / f.path).exists() for f in corpus.files)
-        state = "built-in" if not corpus.files else ("present" if present else "not downloaded")
-        lines.append(f"{name:16} {corpus.task:9} {state:15} {corpus.description}")
-    return "\n".join([*lines, f"data directory: {root}"])
-
-
-# --- runs --------------------------------------------------------------------------------------
-
-
-def _rate_key(record: dict[str, Any]) -> str | None:
-    return next((k for k in record if k.endswith("_per_s")), None)
-
-
-def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
-    """Draw train/valid loss, the task metric, learning rate and throughput of runs into a PNG."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # no display needed
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise RnnlabError("plotting needs matplotlib: pip install 'rnnlab[plot]'") from None
-    runs = []
-    for run_dir in run_dirs:
-        config = ckpt.load_config(run_dir)  # also checks that it is a run directory
-        evals = ckpt.read_metrics(run_dir)
-        train = ckpt.read_metrics(run_dir, ckpt.TRAIN_LOG)
-        if not evals and not train:
-            raise RnnlabError(f"{run_dir} has no metrics yet")
-        runs.append((Path(run_dir).name, config, evals, train))
-    metric = "accuracy" if runs[0][1].task == "classify" else "ppl"
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    loss_ax, metric_ax, lr_ax, rate_ax = axes.flat
-    for name, _config, evals, train in runs:
-        if train:
-            line, = loss_ax.plot([r["step"] for r in train], [r["loss"] for r in train],
-                                 alpha=0.5, label=f"{name} train")
-            color = line.get_color()
-        else:
-            color = None
-        if evals:
-            steps = [r["step"] for r in evals]
-            loss_ax.plot(steps, [r["loss"] for r in evals], "o-", color=color,
-                         label=f"{name} valid")
-            values = [r.get(metric) for r in evals]
-            metric_ax.plot(steps, values, "o-", color=color, label=name)
-        curve = train or evals
-        lr_ax.plot([r["step"] for r in curve], [r["lr"] for r in curve], color=color, label=name)
-        key = _rate_key(curve[0])
-        if key:
-            rate_ax.plot([r["step"] for r in curve], [r[key] for r in curve], color=color,
-                         label=name)
-            rate_ax.set_ylabel(key.replace("_", " "))
-    loss_ax.set_ylabel("loss (nats)")
-    metric_ax.set_ylabel(f"valid {metric}")
-    if metric == "ppl":
-        metric_ax.set_yscale("log")
-    lr_ax.set_ylabel("learning rate")
-    for ax in axes.flat:
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        if ax.has_data():
-            ax.legend(fontsize=8)
-    fig.suptitle(", ".join(name for name, *_ in runs))
-    fig.tight_layout()
-    out = Path(out)
-    _save_figure(fig, out)
-    plt.close(fig)
-    return out
-
-
-def plot_confusion(report: dict[str, Any], out: str | Path) -> Path:
-    """The confusion matrix of a classification report as a PNG (rows: true classes)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise RnnlabError("plotting needs matplotlib: pip install 'rnnlab[plot]'") from None
-    names, matrix = report["labels"], report["confusion"]
-    size = 1.2 + 0.6 * len(names)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    image = ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    peak = max(max(row) for row in matrix) or 1
-    for i, row in enumerate(matrix):
-        for j, value in enumerate(row):
-            ax.text(j, i, str(value), ha="center", va="center",
-                    color="white" if value > peak / 2 else "black")
-    ax.set_title(f"accuracy {report['accuracy']:.4f}")
-    fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    out = Path(out)
-    _save_figure(fig, out)
-    plt.close(fig)
-    return out
-
-
-def _save_figure(fig: Any, out: Path) -> None:
-    """Save through the project's atomic writer: a crash never leaves a torn image at ``out``."""
-    with ckpt.atomic_open(out, "wb") as handle:
-        fig.savefig(handle, dpi=110, format=out.suffix[1:].lower() or "png")
-
-
-def list_runs(folder: str | Path) -> list[dict[str, Any]]:
-    """One row per run directory under ``folder`` (recursively): task, data, best, steps, size."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise RnnlabError(f"not a directory: {folder}")
-    rows = []
-    for config_path in sorted(folder.rglob(ckpt.CONFIG)):
-        run_dir = config_path.parent
-        try:
-            config = ckpt.load_config(run_dir)
-        except RnnlabError as exc:
-            rows.append({"run": str(run_dir), "error": str(exc)})
-            continue
-        evals = ckpt.read_metrics(run_dir)
-        best = next((r for r in reversed(evals) if r.get("best")), None)
-        metric = "accuracy" if config.task == "classify" else "ppl"
-        size = sum(f.stat().st_size for f in run_dir.iterdir() if f.is_file())
-        rows.append({
-            "run": str(run_dir),
-            "task": config.task,
-            "data": config.data.corpus or config.data.text or config.data.train,
-            "preset": config.preset,
-            "best": None if best is None else best.get(metric),
-            "metric": metric,
-            "steps": evals[-1]["step"] if evals else 0,
-            "size_mb": round(size / 1e6, 1),
-        })
-    return rows
-
-
-def format_runs(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'run':40} {'task':8} {'data':16} {'preset':12} {'best':>12} {'steps':>7} "
-             f"{'size':>8}"]
-    for row in rows:
-        if "error" in row:
-            lines.append(f"{row['run']:40} ! {row['error']}")
-            continue
-        best = row["best"]
-        shown = "-" if best is None or (isinstance(best, float) and math.isnan(best)) else (
-            f"{row['metric']} {best:.4g}")
-        lines.append(f"{row['run']:40} {row['task']:8} {str(row['data'])[:16]:16} "
-                     f"{str(row['preset'])[:12]:12} {shown:>12} {row['steps']:>7} "
-                     f"{row['size_mb']:>6.1f}MB")
-    return "\n".join(lines)
-
-
-def prepared_summary(prepared: Any) -> str:
-    """What ``rnnlab data prepare`` wrote: the folder, its vocabulary and each split's ids."""
-    lines = [f"prepared data: {prepared.folder} ({prepared.status})",
-             f"vocabulary: {len(prepared.vocab)} {prepared.vocab.level} types"]
-    for name, ids in prepared.splits.items():
-        lines.append(f"{name}: {ids.numel():,} tokens ({prepared.unknown[name]:,} unknown), "
-                     f"{str(ids.dtype).removeprefix('torch.')}, {name}.bin")
-    return "\n".join(lines)
+def prediction_line(text: str, result: dict[str, Any]) -> str:
+    """One JSON line for ``rnnlab predict``: the text, its label and rounded probabilities (a
+    text without tokens keeps its ``error`` field)."""
+    line = {"text": text, **result}
+    if result["probs"] is not None:
+        line["probs"] = {name: round(float(p), 6) for name, p in result["probs"].items()}
+    return json.dumps(line, ensure_ascii=False)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rnnlab.data.splits import carve
+from rnnlab.data.text import read_text, utf8_lines
 from rnnlab.errors import RnnlabError
 
 FORMATS = (".csv", ".tsv", ".jsonl", ".ndjson")  # each optionally followed by .gz
@@ -75,8 +76,6 @@ def read_examples(
 def read_label_folder(folder: str | Path, skipped: list[int] | None = None) -> Examples:
     """``FOLDER/<label>.txt`` files (e.g. ``names/Russian.txt``), one example per non-empty
     line, labelled by the file's name; ``skipped[0]`` counts the empty lines left out."""
-    from rnnlab.data.text import read_text
-
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix == ".txt")
     if not files:
@@ -103,7 +102,7 @@ def records(path: Path) -> Iterator[tuple[int, dict]]:
     reader = _json_records if fmt in (".jsonl", ".ndjson") else _table_records
     try:
         with _open_binary(path) as handle:
-            yield from reader(_decoded_lines(handle, path), path, fmt)
+            yield from reader(utf8_lines(handle, path), path, fmt)
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise RnnlabError(f"{path} is not a readable gzip file ({exc})") from None
     except OSError as exc:
@@ -123,21 +122,6 @@ def _format_of(path: Path) -> str:
 
 def _open_binary(path: Path) -> io.BufferedIOBase:
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
-
-
-def _decoded_lines(handle: io.BufferedIOBase, path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text) per physical line, with the line named on bad UTF-8."""
-    for number, raw in enumerate(handle, start=1):
-        if b"\x00" in raw:
-            raise RnnlabError(f"{path}, line {number} contains NUL bytes: is this a text file?")
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise RnnlabError(
-                f"{path}, line {number} is not valid UTF-8 (byte {exc.start} of the line); "
-                "convert the file, e.g. iconv -t utf-8"
-            ) from None
-        yield number, line.removeprefix("\ufeff") if number == 1 else line
 
 
 def _json_records(lines: Iterator[tuple[int, str]], path: Path, fmt: str
@@ -241,3 +225,21 @@ def split_examples(
     """Cut labelled examples into train/valid[/test] by ``fractions`` (see :func:`carve`)."""
     return [None if index is None else examples.subset(index)
             for index in carve(fractions, labels=examples.labels, seed=seed)]
+
+
+def read_predict_file(path: str) -> list[str]:
+    """Texts to classify: one per non-empty line, or JSON lines with a "text" field (a .jsonl
+    or .ndjson file)."""
+    lines = [line for line in read_text(path).splitlines() if line.strip()]
+    if not path.endswith((".jsonl", ".ndjson")):
+        return lines
+    texts = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise RnnlabError(f"{path}:{number} is not valid JSON") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise RnnlabError(f"{path}:{number} has no \"text\" field")
+        texts.append(record["text"])
+    return texts

@@ -17,7 +17,6 @@ from rnnlab.data.batching import sorted_batches
 from rnnlab.data.vocab import Vocab
 from rnnlab.errors import RnnlabError
 from rnnlab.models.classifier import RNNClassifier
-from rnnlab.runtime import resolve_device
 
 
 class TextClassifier:
@@ -40,14 +39,11 @@ class TextClassifier:
     def load(cls, run_dir: str | Path, *, device: str = "cpu",
              weights: str = "best") -> TextClassifier:
         """Load ``RUN/model.safetensors`` (``weights="best"``) or the latest ``last`` checkpoint."""
-        run_dir = Path(run_dir)
-        config = ckpt.load_config(run_dir)
-        if config.task != "classify":
-            raise RnnlabError(f"{run_dir} holds a {config.task} run, not a classifier")
+        run_dir, config = ckpt.load_run_config(run_dir, "classify", "a classifier")
         vocab, labels = load_classifier_artifacts(run_dir)
         model = RNNClassifier(config.model, len(vocab), len(labels))
-        ckpt.load_weights(model, ckpt.weights_path(run_dir, weights))
-        return cls(model.to(resolve_device(device)), vocab, labels, config, run_dir)
+        return cls(ckpt.load_run_weights(model, run_dir, weights, device), vocab, labels, config,
+                   run_dir)
 
     def predict(self, texts: list[str], batch_size: int = 64) -> list[dict[str, Any]]:
         """``[{"label": name, "probs": {name: p}}]`` for each text, in order (batched).

@@ -152,21 +152,22 @@ class ClassificationTask:
 def load_labelled_splits(config: RunConfig) -> dict[str, Examples]:
     """The raw train/valid[/test] examples that ``config.data`` names.
 
-    Sources: a known corpus (imdb: its train and test; valid carved from train), ``data.train``
-    with optional ``data.valid``/``data.test`` (valid carved from train when absent), or one
-    file ``data.text`` cut by ``data.split``. Carving follows :mod:`rnnlab.data.splits`.
+    Sources: a known corpus (imdb: its train and test; valid carved from train),
+    ``data.train_path`` with optional ``data.valid_path``/``data.test_path`` (valid carved from
+    train when absent), or one file ``data.text_path`` cut by ``data.split``.
+    Carving follows :mod:`rnnlab.data.splits`.
     """
     data, seed = config.data, config.train.seed
     fields = {"text_field": data.text_field, "label_field": data.label_field}
     if data.corpus:
         sets = load_corpus(data.corpus, data.data_dir)
-    elif data.train:
-        sets = {"train": read_examples(data.train, **fields)}
-        for split in ("valid", "test"):
-            if getattr(data, split):
-                sets[split] = read_examples(getattr(data, split), **fields)
-    elif data.text:
-        pieces = split_examples(read_examples(data.text, **fields), data.split, seed)
+    elif data.train_path:
+        sets = {"train": read_examples(data.train_path, **fields)}
+        for split, path in (("valid", data.valid_path), ("test", data.test_path)):
+            if path:
+                sets[split] = read_examples(path, **fields)
+    elif data.text_path:
+        pieces = split_examples(read_examples(data.text_path, **fields), data.split, seed)
         sets = {s: p for s, p in zip(SPLITS, pieces, strict=False) if p is not None}
     else:
         raise RnnlabError("classification needs --corpus imdb, --train FILE or --text FILE")

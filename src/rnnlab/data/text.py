@@ -4,6 +4,7 @@ and a classifier's lower-cased words and punctuation."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from rnnlab.data.vocab import EOS
@@ -20,20 +21,33 @@ def read_text(path: str | Path) -> str:
         raise RnnlabError(f"file not found: {path}") from None
     except IsADirectoryError:
         raise RnnlabError(f"{path} is a directory, not a text file") from None
-    if b"\x00" in raw:
-        raise RnnlabError(f"{path} looks binary (it contains NUL bytes), not text")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RnnlabError(
-            f"{path} is not valid UTF-8 (byte {exc.start}); convert it, e.g. iconv -t utf-8"
-        ) from None
-    text = text.removeprefix("\ufeff")  # before the emptiness check: a BOM alone is no text
+    # The BOM goes before the emptiness check: a BOM alone is no text.
+    text = decode_utf8(raw, str(path)).removeprefix("\ufeff")
     # Windows and old Mac line endings: one newline character at every level, never a "\r".
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.strip():
         raise RnnlabError(f"{path} is empty or only whitespace")
     return text
+
+
+def utf8_lines(handle: Iterable[bytes], path: str | Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) per physical line of a binary file, with the line named on
+    NUL bytes or bad UTF-8; a byte-order mark on the first line is dropped."""
+    for number, raw in enumerate(handle, start=1):
+        line = decode_utf8(raw, f"{path}, line {number}")
+        yield number, line.removeprefix("\ufeff") if number == 1 else line
+
+
+def decode_utf8(raw: bytes, where: str) -> str:
+    """``raw`` as UTF-8 text; one clear error naming ``where`` (a file, or a line of one) when
+    it holds NUL bytes (a binary file) or is not UTF-8."""
+    if b"\x00" in raw:
+        raise RnnlabError(f"{where} looks binary (it contains NUL bytes), not text")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RnnlabError(f"{where} is not valid UTF-8 (byte {exc.start}); convert it, e.g. "
+                          "iconv -t utf-8") from None
 
 
 def word_tokens(text: str) -> list[str]:

@@ -186,14 +186,18 @@ def _read_splits(config: RunConfig, skipped: list[int]) -> dict[str, _Lines]:
                                 config)
         return {name: _read(path, config, skipped) for name, path in paths.items()
                 if name in SPLITS}
-    if data.text:
-        return _by_fraction(_read(data.text, config, skipped), config)
-    if not data.valid:
-        return _by_fraction(_read(data.train, config, skipped), config)
-    files = {"train": data.train, "valid": data.valid, "test": data.test}
+    if data.text_path:
+        return _by_fraction(_read(data.text_path, config, skipped), config)
+    if not data.valid_path:  # valid carved from train; test from its own file when given
+        splits = _by_fraction(_read(data.train_path, config, skipped), config,
+                              with_test=not data.test_path)
+        if data.test_path:
+            splits["test"] = _read(data.test_path, config, skipped)
+        return splits
+    files = {"train": data.train_path, "valid": data.valid_path, "test": data.test_path}
     read = {name: _read(path, config, skipped) for name, path in files.items() if path}
     if read["train"].labels is not None:
-        _check_single(Examples(read["train"].texts, read["train"].labels, [], data.train))
+        _check_single(Examples(read["train"].texts, read["train"].labels, [], data.train_path))
     return read
 
 
@@ -215,10 +219,13 @@ def split_lines(text: str) -> tuple[list[str], int]:
     return kept, len(lines) - len(kept)
 
 
-def _by_fraction(lines: _Lines, config: RunConfig) -> dict[str, _Lines]:
+def _by_fraction(lines: _Lines, config: RunConfig, with_test: bool = True,
+                 ) -> dict[str, _Lines]:
     """Train/valid[/test] lines at the ``split`` fractions: shuffled with the seed (stratified
-    by label when there are labels), each split kept in file order."""
+    by label when there are labels), each split kept in file order. Without ``with_test`` no
+    test lines are carved (a test file was given)."""
     fractions, seed, n = config.data.split, config.train.seed, len(lines.texts)
+    fractions = fractions if with_test else fractions[:2]
     if n < 2:
         raise RnnlabError(f"{'no' if n == 0 else 'only one'} non-empty line: splitting into "
                           "train and valid needs at least two")

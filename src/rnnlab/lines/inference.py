@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rnnlab import checkpoint as ckpt
 from rnnlab.errors import RnnlabError
 from rnnlab.generation import SampleConfig, generate_ids
 from rnnlab.lines.data import (
@@ -173,19 +172,3 @@ def score_lines(lm: LanguageModel, texts: list[str], label: str | None = None
                         "unknown": sum(lm.vocab.id(t) == unk for t in ids),
                         "ppl": math.exp(min(float(nll[i]) / count, 700))})
     return results
-
-
-def line_final_report(task: Any, run_dir: Any, best: dict[str, Any] | None
-                      ) -> tuple[dict[str, Any], LanguageModel]:
-    """The best checkpoint's valid and test line metrics, and the loaded model with the run's
-    lines attached for the samples' novelty; loads the best weights into ``task.model``."""
-    from rnnlab.lm.inference import LanguageModel
-
-    ckpt.load_weights(task.model, ckpt.weights_path(run_dir, "best"))
-    lm = LanguageModel(task.model, task.vocab, task.config, run_dir,
-                       label_names=task.label_names)
-    lm.known = {name: set(lines.texts) for name, lines in task.data.sets.items()}
-    report: dict[str, Any] = {"unit": "line", "valid": task.evaluate("valid")}
-    if "test" in task.data.sets:
-        report["test"] = task.evaluate("test")
-    return report, lm

@@ -40,7 +40,11 @@ from rnnlab.models.language_model import RNNLanguageModel
 ADAPTIVE_FILE = "adaptive.json"
 TUNE_TOKENS = 20_000  # tuning reads this prefix of the validation split, for speed
 CACHE_SEGMENT = 256  # tokens scored at once when only the cache adapts (no update to wait for)
-LR_GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+# The step is lr * g / (sqrt(MS) + eps): weights whose RMS is far below eps take plain SGD steps
+# of lr / eps, the others RMS-normalised ones. Weights rarely moved in training have tiny RMS, and
+# a small eps lets one surprising token throw them far, so eps is searched with lr = eps first.
+EPS_GRID = [1e-4, 3e-4, 1e-3, 3e-3]
+LR_FACTORS = [0.5, 2.0]  # then lr around eps
 DECAY_GRID = [1e-3, 1e-2, 3e-2, 1e-1]
 WINDOW_GRID = [100, 500, 2000]
 THETA_GRID = [0.03, 0.1, 0.3, 1.0]
@@ -160,9 +164,10 @@ def tune(model: RNNLanguageModel, valid_ids: torch.Tensor, *, dynamic: bool, cac
          stats: dict[str, torch.Tensor] | None, base_dynamic: DynamicSettings,
          base_cache: CacheSettings, fixed: set[str], tokens: int = TUNE_TOKENS,
          progress: Progress | None = None) -> dict[str, Any]:
-    """Settings that minimise NLL on the first ``tokens`` validation tokens: a coarse-to-fine grid
-    over lr then decay (then lr again), and a grid over window, theta and lambda on the states of
-    one pass with the chosen dynamic settings. Names in ``fixed`` keep their ``base_*`` value."""
+    """Settings that minimise NLL on the first ``tokens`` validation tokens: a grid over eps
+    (with lr = eps), then lr around it, then decay; and a grid over window, theta and lambda on
+    the states of one pass with the chosen dynamic settings. Names in ``fixed`` keep their
+    ``base_*`` value."""
     ids = valid_ids[: tokens + 1]
     trials: list[dict[str, Any]] = []
     best_dyn = dataclasses.replace(base_dynamic) if dynamic else None
@@ -183,27 +188,31 @@ def tune(model: RNNLanguageModel, valid_ids: torch.Tensor, *, dynamic: bool, cac
 def _tune_dynamic(model: RNNLanguageModel, ids: torch.Tensor, stats: Any,
                   base: DynamicSettings, fixed: set[str], trials: list[dict[str, Any]],
                   progress: Progress | None) -> DynamicSettings:
-    scores: dict[tuple[float, float], float] = {}
+    scores: dict[tuple[float, float, float], float] = {}
 
-    def trial(lr: float, decay: float) -> float:
-        if (lr, decay) not in scores:
-            settings = dataclasses.replace(base, lr=lr, decay=decay)
+    def trial(lr: float, eps: float, decay: float) -> float:
+        if (lr, eps, decay) not in scores:
+            settings = dataclasses.replace(base, lr=lr, eps=eps, decay=decay)
             out = adaptive_nll(model, ids, dynamic=settings, stats=stats, progress=progress,
-                               desc=f"tuning: lr {lr:g} decay {decay:g}")
-            scores[lr, decay] = out["total"] / out["count"]
-            trials.append({"lr": lr, "decay": decay, "nll": scores[lr, decay]})
-        return scores[lr, decay]
+                               desc=f"tuning: lr {lr:g} eps {eps:g} decay {decay:g}")
+            nll = out["total"] / out["count"]
+            scores[lr, eps, decay] = nll if math.isfinite(nll) else math.inf
+            trials.append({"lr": lr, "eps": eps, "decay": decay, "nll": nll})
+        return scores[lr, eps, decay]
 
-    lrs = [base.lr] if "lr" in fixed else [0.0, *LR_GRID]
-    decays = [base.decay] if "decay" in fixed else [0.0, *DECAY_GRID]
-    lr = min(lrs, key=lambda v: trial(v, decays[0]))
-    if lr > 0:
-        decay = min(decays, key=lambda v: trial(lr, v))
-        if "lr" not in fixed:  # finer: halfway steps around the best lr
-            lr = min([lr / 2, lr, lr * 2], key=lambda v: trial(v, decay))
-    else:
-        decay = decays[0]
-    return dataclasses.replace(base, lr=lr, decay=decay)
+    epss = [base.eps] if "eps" in fixed else EPS_GRID
+    decay = base.decay if "decay" in fixed else 0.0
+    pairs = [(base.lr if "lr" in fixed else e, e) for e in epss]
+    if "lr" not in fixed:
+        pairs.append((0.0, epss[0]))  # no adaptation at all, if nothing beats it
+    lr, eps = min(pairs, key=lambda pair: trial(*pair, decay))
+    if lr == 0:
+        return dataclasses.replace(base, lr=0.0, eps=eps, decay=decay)
+    if "lr" not in fixed:
+        lr = min([lr, *(lr * f for f in LR_FACTORS)], key=lambda v: trial(v, eps, decay))
+    if "decay" not in fixed:
+        decay = min([0.0, *DECAY_GRID], key=lambda v: trial(lr, eps, v))
+    return dataclasses.replace(base, lr=lr, eps=eps, decay=decay)
 
 
 def _tune_cache(passed: dict[str, Any], targets: torch.Tensor, base: CacheSettings,

@@ -96,16 +96,17 @@ def prepared_source(config: DataConfig) -> Source | None:
         else:
             files = {split: path for split, path in paths.items() if split in SPLITS}
     else:
-        one = config.text or (config.train if not config.valid else None)
+        one = config.text_path or (config.train_path if not config.valid_path else None)
         files = ({"all": Path(one)} if one else
-                 {s: Path(p) for s, p in (("train", config.train), ("valid", config.valid),
-                                          ("test", config.test)) if p})
-        name = Path(config.text or config.train).stem
+                 {s: Path(p) for s, p in (("train", config.train_path),
+                                          ("valid", config.valid_path),
+                                          ("test", config.test_path)) if p})
+        name = Path(config.text_path or config.train_path).stem
     for path in files.values():
         if not path.is_file():
             read_text(path)  # the same one-line error as the in-memory path
     files = {split: files[split] for split in ("all", *SPLITS) if split in files}  # train first
-    fractions = (held_out_fractions(config, "lm") if config.train and not config.valid
+    fractions = (held_out_fractions(config, "lm") if config.train_path and not config.valid_path
                  else list(config.split))
     return Source(name, files, config.level, fractions, specials_for(config.level),
                   config.min_freq, config.max_vocab)
@@ -135,13 +136,13 @@ def _split_tokens(config: DataConfig) -> dict[str, list[str]]:
             return _by_fraction(read_text(source), config, config.split)
         return {name: tokenize(read_text(path), config.level)
                 for name, path in paths.items() if name in SPLITS}
-    if config.text:
-        return _by_fraction(read_text(config.text), config, config.split)
-    if not config.valid:  # carve valid (and test) from the training file
-        return _by_fraction(read_text(config.train), config, held_out_fractions(config, "lm"))
-    files = {"train": config.train, "valid": config.valid}
-    if config.test:
-        files["test"] = config.test
+    if config.text_path:
+        return _by_fraction(read_text(config.text_path), config, config.split)
+    if not config.valid_path:  # carve valid (and test) from the training file
+        return _by_fraction(read_text(config.train_path), config, held_out_fractions(config, "lm"))
+    files = {"train": config.train_path, "valid": config.valid_path}
+    if config.test_path:
+        files["test"] = config.test_path
     return {name: tokenize(read_text(path), config.level) for name, path in files.items()}
 
 

@@ -18,12 +18,13 @@ from rnnlab.data.text import tokenize
 from rnnlab.data.vocab import EOS, Vocab
 from rnnlab.errors import RnnlabError
 from rnnlab.generation import SampleConfig, encode_prompt, generate_ids, render
+from rnnlab.lines.inference import evaluate_split, evaluate_texts, generate_lines, score_lines
+from rnnlab.lines.model import LineLanguageModel
 from rnnlab.lm.adaptive import CACHE_SEGMENT, Progress, adaptive_nll
 from rnnlab.lm.adaptive_run import adaptive_evaluate
 from rnnlab.lm.data import LMData, encode, load_lm_data
 from rnnlab.lm.evaluation import evaluate_stream, lm_metrics, perplexity
 from rnnlab.models.language_model import RNNLanguageModel
-from rnnlab.runtime import resolve_device
 
 
 class LanguageModel:
@@ -51,19 +52,14 @@ class LanguageModel:
     def load(cls, run_dir: str | Path, *, device: str = "cpu",
              weights: str = "best") -> LanguageModel:
         """Load ``RUN/model.safetensors`` (``weights="best"``) or the latest ``last`` checkpoint."""
-        run_dir = Path(run_dir)
-        config = ckpt.load_config(run_dir)
-        if config.task != "lm":
-            raise RnnlabError(f"{run_dir} holds a {config.task} run, not a language model")
+        run_dir, config = ckpt.load_run_config(run_dir, "lm", "a language model")
         vocab, labels = ckpt.load_artifacts(run_dir)
         if config.data.unit == "line":
-            from rnnlab.lines.model import LineLanguageModel
-
             model = LineLanguageModel(config.model, len(vocab), len(labels or ()))
         else:
             model = RNNLanguageModel(config.model, len(vocab))
-        ckpt.load_weights(model, ckpt.weights_path(run_dir, weights))
-        return cls(model.to(resolve_device(device)), vocab, config, run_dir, label_names=labels)
+        return cls(ckpt.load_run_weights(model, run_dir, weights, device), vocab, config, run_dir,
+                   label_names=labels)
 
     def save(self, out_dir: str | Path, *, overwrite: bool = False) -> Path:
         """Write a loadable run directory (config, vocabulary, weights) to ``out_dir``.
@@ -118,8 +114,6 @@ class LanguageModel:
         ``label`` picks the label of a model conditioned on one.
         """
         if self.line_mode:
-            from rnnlab.lines.inference import generate_lines
-
             return generate_lines(self, prime, max_tokens, label, **options)
         if label is not None:
             raise RnnlabError("a label needs a run trained on labelled lines (--lines)")
@@ -169,8 +163,6 @@ class LanguageModel:
         ``dynamic`` and ``cache``: adaptive evaluation, as in ``evaluate`` (always one stream).
         """
         if self.line_mode:  # every non-empty line on its own
-            from rnnlab.lines.inference import evaluate_texts
-
             _no_adaptive(dynamic, cache)
             return evaluate_texts(self, text.splitlines())
         tokens = tokenize(text, self.vocab.level)
@@ -203,8 +195,6 @@ class LanguageModel:
         records them in ``RUN/adaptive.json``; ``progress(total, description)`` makes a bar.
         """
         if self.line_mode:
-            from rnnlab.lines.inference import evaluate_split
-
             _no_adaptive(dynamic, cache)
             return evaluate_split(self, split, batch_size, data_dir)
         if tune and split != "valid":
@@ -244,8 +234,6 @@ class LanguageModel:
         log-probability; ``label`` for a model conditioned on labels.
         """
         if self.line_mode:
-            from rnnlab.lines.inference import score_lines
-
             return score_lines(self, texts, label)
         eol = EOS if self.vocab.level == "word" else "\n"
         results = []

@@ -135,7 +135,7 @@ class PlotCurves(Callback):
             return
         out = Path(result.run_dir) / self.NAME
         try:
-            from rnnlab.reports import plot_runs
+            from rnnlab.plots import plot_runs
 
             plot_runs([result.run_dir], out)
         except Exception as exc:  # noqa: BLE001 - whatever went wrong, the training stands

@@ -59,7 +59,8 @@ def save_artifacts(task, run_dir: Path) -> None:
 
 
 def default_run_dir(config: RunConfig) -> Path:
-    source = config.data.corpus or Path(config.data.text or config.data.train or "text").stem
+    data = config.data
+    source = data.corpus or Path(data.text_path or data.train_path or "text").stem
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{config.task}-{source}-{config.preset or 'custom'}-{stamp}"
 
@@ -176,13 +177,20 @@ def lm_final_report(task: LanguageModelTask, result: TrainResult
     return report, lm
 
 
-def _line_final_report(task: Any, result: TrainResult) -> tuple[dict[str, Any], LanguageModel]:
-    from rnnlab.lines.inference import line_final_report
+def line_final_report(task: Any, result: TrainResult) -> tuple[dict[str, Any], LanguageModel]:
+    """The best checkpoint's valid and test line metrics, and the loaded model with the run's
+    lines attached for the samples' novelty; loads the best weights into ``task.model``."""
+    ckpt.load_weights(task.model, ckpt.weights_path(result.run_dir, "best"))
+    lm = LanguageModel(task.model, task.vocab, task.config, result.run_dir,
+                       label_names=task.label_names)
+    lm.known = {name: set(lines.texts) for name, lines in task.data.sets.items()}
+    report: dict[str, Any] = {"unit": "line", "valid": task.evaluate("valid")}
+    if "test" in task.data.sets:
+        report["test"] = task.evaluate("test")
+    return report, lm
 
-    return line_final_report(task, result.run_dir, result.best)
 
-
-REPORTS: dict[str, Callable] = {"lm": lm_final_report, "lines": _line_final_report}
+REPORTS: dict[str, Callable] = {"lm": lm_final_report, "lines": line_final_report}
 
 
 def _finish(trainer: Trainer, result: TrainResult) -> TrainResult:
