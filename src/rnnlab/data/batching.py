@@ -52,6 +52,8 @@ def window_lengths(
     jittered by a normal of std 5 (Merity et al., 2017), so that every token is, over the epochs,
     at every position of a window.
     """
+    if not variable:  # arithmetic, not a loop: a billion-token corpus has millions of windows
+        return [bptt] * (total // bptt) + ([total % bptt] if total % bptt else [])
     lengths: list[int] = []
     covered = 0
     while covered < total:
