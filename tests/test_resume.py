@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 import rnnlab
 from cli_harness import CliRunner, Result, shared_runner
 from rnnlab import checkpoint as ckpt
+from run_states import set_args
 
 # Wall-clock fields differ between any two runs; everything else must not.
 TIMING = {"elapsed", "eval_seconds"}
@@ -55,14 +56,6 @@ LM_VARIANTS: dict[str, dict[str, Any]] = {
                       "train.checkpoint_every": 7, "train.schedule": "plateau",
                       "train.patience": 0, "train.lr_decay": 0.5, "train.lr": 0.01},
 }
-
-
-def set_args(overrides: dict[str, Any]) -> list[str]:
-    args: list[str] = []
-    for key, value in overrides.items():
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        args += ["--set", f"{key}={text}"]
-    return args
 
 
 class Interrupter(threading.Thread):
