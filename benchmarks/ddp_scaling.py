@@ -20,7 +20,7 @@ import tempfile
 import time
 from typing import Any
 
-from rnnlab import distributed
+from rnnlab import distributed, fast
 from rnnlab.config_resolve import resolve_config
 from rnnlab.lm.task import build_lm_task
 from rnnlab.runtime import seed_everything, set_threads
@@ -31,6 +31,8 @@ def measure(preset: str, steps: int, warmup: int, threads: int,
             overrides: dict[str, Any]) -> dict[str, Any] | None:
     """Time ``steps`` training steps in this process (a rank when under torchrun)."""
     set_threads(threads)
+    if fast.enabled():
+        fast.keep_freed_memory()  # as `rnnlab train` does: the step's buffers are not re-faulted
     config = resolve_config(preset=preset, overrides={
         **overrides, "train.device": "cpu", "train.threads": threads, "train.log_every": 0})
     with distributed.session("cpu") as device, tempfile.TemporaryDirectory() as run_dir:

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from plain_lm import PlainTrainer
+from rnnlab import fast
 from rnnlab.config import RunConfig
 from rnnlab.config_resolve import read_preset, resolve_config
 from rnnlab.data.vocab import Vocab
@@ -233,6 +234,8 @@ def main() -> None:
                         help="also time the same model trained in plain PyTorch (plain_lm.py)")
     args = parser.parse_args()
     set_threads(args.threads)
+    if fast.enabled():
+        fast.keep_freed_memory()  # as `rnnlab train` does: the step's buffers are not re-faulted
     device = resolve_device(args.device)
     overrides = dict(item.split("=", 1) for item in args.set)
     config = preset_config(args.preset, overrides)

@@ -33,6 +33,7 @@ from lm_throughput import (
     trainer_step,
     zipf_ids,
 )
+from rnnlab import fast
 from rnnlab.lm.data import LMData
 from rnnlab.lm.task import LanguageModelTask
 from rnnlab.models.cells import make_rnn
@@ -110,6 +111,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     set_threads(args.threads)
+    if fast.enabled():
+        fast.keep_freed_memory()  # as `rnnlab train` does: the step's buffers are not re-faulted
     device = resolve_device(args.device)
     overrides = dict(item.split("=", 1) for item in args.set)
     config = preset_config(args.preset, overrides)
