@@ -96,7 +96,7 @@ def create_app(registry: Registry, limits: Limits | None = None,
         return {"models": [s.describe() for s in registry.served.values()]}
 
     @app.post("/v1/generate")
-    async def generate(body: GenerateBody, request: Request) -> Any:
+    async def generate(body: GenerateBody) -> Any:
         served = registry.pick(body.model, "lm", "generation")
         if body.max_tokens > limits.max_new_tokens:
             raise RnnlabError(f"max_tokens must be at most {limits.max_new_tokens}")
@@ -121,13 +121,14 @@ def create_app(registry: Registry, limits: Limits | None = None,
                           f"{limits.max_input_tokens} per request")
         steps = _decode(served, prompt, config, banned, eos)
         if body.stream:
-            return StreamingResponse(_stream(served, steps, config, eos, request),
+            return StreamingResponse(_stream(served, steps, config, eos),
                                      media_type="text/event-stream",
                                      headers={"cache-control": "no-cache"})
         rows: list[list[int]] = [[] for _ in range(config.num_samples)]
-        async for ids in steps:
-            for row, token in zip(rows, ids.tolist(), strict=True):
-                row.append(token)
+        async for ready in steps:
+            for ids in ready:
+                for row, token in zip(rows, ids.tolist(), strict=True):
+                    row.append(token)
         texts = [render(lm.vocab, _until_eos(row, eos, config)) for row in rows]
         return {"model": served.name, "samples": texts, "prompt_tokens": len(prompt),
                 "tokens": len(rows[0])}
@@ -167,8 +168,12 @@ def create_app(registry: Registry, limits: Limits | None = None,
 
 
 async def _decode(served: Served, prompt: list[int], config: SampleConfig, banned: list[int],
-                  eos: int | None) -> AsyncIterator[Any]:
-    """The (N,) ids of each step from the model's decoding loop, as they come."""
+                  eos: int | None) -> AsyncIterator[list[Any]]:
+    """The (N,) ids of each step from the model's decoding loop, as lists of the steps ready.
+
+    Under load the loop may run ahead of this coroutine; taking every step already queued at
+    once lets the response write them in one piece instead of one write per token.
+    """
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
 
@@ -182,39 +187,56 @@ async def _decode(served: Served, prompt: list[int], config: SampleConfig, banne
     served.batcher.submit(request)
     try:
         while True:
-            kind, value = await events.get()
-            if kind == "error":
-                raise RuntimeError(value)
-            if kind == "done":
+            ready, finished = [], False
+            event = await events.get()
+            while True:
+                kind, value = event
+                if kind == "error":
+                    raise RuntimeError(value)
+                if kind == "done":
+                    finished = True
+                    break
+                ready.append(value)
+                if events.empty():
+                    break
+                event = events.get_nowait()
+            if ready:
+                yield ready
+            if finished:
                 return
-            yield value
     finally:
         request.cancelled = True  # a client that went away frees its slot at the next step
 
 
-async def _stream(served: Served, steps: AsyncIterator[Any], config: SampleConfig,
-                  eos: int | None, request: Request) -> AsyncIterator[str]:
-    """Server-sent events: ``{"sample", "text"}`` per token and sample, then ``{"done"}``."""
+async def _stream(served: Served, steps: AsyncIterator[list[Any]], config: SampleConfig,
+                  eos: int | None) -> AsyncIterator[str]:
+    """Server-sent events: ``{"sample", "text"}`` per token and sample, then ``{"done"}``.
+
+    A client that goes away is noticed by the streaming response, which cancels this
+    generator; ``_decode`` then frees the request's slot in the decoding loop.
+    """
     vocab = served.lm.vocab
     first = [True] * config.num_samples
     finished = [False] * config.num_samples
     count = 0
     try:
-        async for ids in steps:
-            count += 1
-            for i, token in enumerate(ids.tolist()):
-                if finished[i]:
-                    continue
-                if config.stop_at_eos and token == eos:
-                    finished[i] = True
-                    continue
-                piece = render(vocab, [token])
-                if vocab.level == "word" and not first[i] and piece != "\n":
-                    piece = " " + piece
-                first[i] = piece == "\n"
-                yield _event({"sample": i, "text": piece})
-            if await request.is_disconnected():
-                return
+        async for ready in steps:
+            events = []
+            for ids in ready:
+                count += 1
+                for i, token in enumerate(ids.tolist()):
+                    if finished[i]:
+                        continue
+                    if config.stop_at_eos and token == eos:
+                        finished[i] = True
+                        continue
+                    piece = render(vocab, [token])
+                    if vocab.level == "word" and not first[i] and piece != "\n":
+                        piece = " " + piece
+                    first[i] = piece == "\n"
+                    events.append(_event({"sample": i, "text": piece}))
+            if events:
+                yield "".join(events)
         yield _event({"done": True, "tokens": count})
     except Exception as exc:  # noqa: BLE001 - the stream has started: report in it
         yield _event({"error": f"{type(exc).__name__}: {exc}"})

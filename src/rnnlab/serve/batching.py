@@ -44,6 +44,7 @@ class GenerationRequest:
     cancelled: bool = False  # set by the owner (e.g. a client that went away)
     # Filled by the loop:
     generator: torch.Generator | None = None
+    banned_ids: torch.Tensor | None = None  # (K,) ``banned`` as a tensor, made once
     logits: torch.Tensor | None = None  # (N, V) for the next draw
     state: State | None = None  # (layers, N, H) after the last token
     done: torch.Tensor | None = None  # (N,) samples that produced eos
@@ -161,6 +162,8 @@ class Batcher:
         tokens = torch.tensor([request.prompt], device=self.device)  # (1, P)
         logits, state = self.model(tokens, None)
         request.generator = generator
+        request.banned_ids = torch.tensor(sorted(set(request.banned)), dtype=torch.long,
+                                          device=self.device)
         request.logits = logits[:, -1].expand(config.num_samples, -1)  # (N, V)
         request.state = expand_state(state, config.num_samples)
         request.done = torch.zeros(config.num_samples, dtype=torch.bool, device=self.device)
@@ -203,9 +206,8 @@ class Batcher:
 
     def _sample(self, request: GenerationRequest) -> torch.Tensor:
         config = request.config
-        banned = torch.tensor(sorted(set(request.banned)), dtype=torch.long, device=self.device)
         next_ids = sample_next(request.logits, temperature=config.temperature,
-                               top_k=config.top_k, top_p=config.top_p, banned=banned,
+                               top_k=config.top_k, top_p=config.top_p, banned=request.banned_ids,
                                generator=request.generator)
         if config.stop_at_eos and request.eos_id is not None:
             next_ids = next_ids.masked_fill(request.done, request.eos_id)
