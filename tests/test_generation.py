@@ -12,7 +12,14 @@ from rnnlab.api import LanguageModel
 from rnnlab.config import ModelConfig, RunConfig
 from rnnlab.data.vocab import EOS, UNK, Vocab
 from rnnlab.errors import RnnlabError
-from rnnlab.generation import SampleConfig, encode_prompt, generate_ids, render, sample_next
+from rnnlab.generation import (
+    SampleConfig,
+    encode_prompt,
+    generate_ids,
+    render,
+    sample_next,
+    sample_rows,
+)
 from rnnlab.models.language_model import RNNLanguageModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -102,6 +109,26 @@ def test_incremental_decoding_equals_re_encoding(cell: str, monkeypatch: pytest.
         expected = full[0, len(prompt) - 1 : -1]
         used = torch.stack([logits[row] for logits in seen])
         torch.testing.assert_close(used, expected, rtol=0, atol=1e-5)
+
+
+def test_rows_of_several_requests_sampled_together_equal_each_sampled_alone() -> None:
+    """Three requests' rows stacked (1, 3 and 2 rows; temperatures 1, 0.6, 1.7) give each
+    request the ids that ``sample_next`` gives it alone with the same seed."""
+    counts, temperatures, seeds = [1, 3, 2], [1.0, 0.6, 1.7], [5, 6, 7]
+    logits = torch.randn(sum(counts), 1000, generator=torch.Generator().manual_seed(3)) * 4
+    for _ in range(20):
+        together = sample_rows(logits, temperatures, counts,
+                               [torch.Generator().manual_seed(s) for s in seeds])
+        alone = torch.cat([
+            sample_next(part, temperature=t, generator=torch.Generator().manual_seed(s))
+            for part, t, s in zip(logits.split(counts), temperatures, seeds, strict=True)])
+        assert together.tolist() == alone.tolist()
+        seeds = [s + 10 for s in seeds]
+    # The temperatures matter: the same draws at temperature 1 everywhere differ somewhere.
+    flat = sample_rows(logits, [1.0] * 3, counts, [torch.Generator().manual_seed(s) for s in seeds])
+    hot = sample_rows(logits, temperatures, counts,
+                      [torch.Generator().manual_seed(s) for s in seeds])
+    assert flat.tolist() != hot.tolist()
 
 
 # --- filters -------------------------------------------------------------------------------

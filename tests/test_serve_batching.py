@@ -18,12 +18,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def configs() -> list[tuple[list[int], SampleConfig]]:
-    """Eight requests of different prompts, lengths, filters, seeds and sample counts."""
+    """Eight requests of different prompts, lengths, filters, seeds and sample counts: some
+    drawn together (a temperature, no filter), some one by one (filters, greedy)."""
     cases = []
     for i in range(8):
-        config = SampleConfig(max_tokens=6 + 5 * i, temperature=[1.0, 0.7, 0.0][i % 3],
-                              top_k=[0, 4, 0][i % 3], top_p=[1.0, 1.0, 0.8][i % 3], seed=i,
-                              num_samples=1 + i % 2)
+        config = SampleConfig(max_tokens=6 + 5 * i, temperature=[1.0, 0.7, 0.0, 1.3][i % 4],
+                              top_k=[0, 4, 0, 0][i % 4], top_p=[1.0, 1.0, 0.8, 1.0][i % 4],
+                              seed=i, num_samples=1 + i % 3)
         cases.append(([2 + i, 3, 4 + i][: 1 + i % 3], config))
     return cases
 

@@ -8,9 +8,10 @@ request never holds a short one back (the scheduling of Yu et al., 2022, "Orca",
 recurrent states, whose size does not grow with the text).
 
 A request's tokens equal those of ``rnnlab.generation.generate_ids`` with the same seed: the
-same prompt read, the same step function, the same ``sample_next`` drawing from a generator
-that only this request uses. Only the rows of the other requests differ, and a row of a
-batched matrix product does not depend on the other rows.
+same prompt read, the same step function, the same draws (``sample_next``, or ``sample_rows``
+for many requests at once) from a generator that only this request uses. Only the rows of the
+other requests differ, and a row of a batched matrix product, a softmax or a running sum does
+not depend on the other rows.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 
 from rnnlab import fast
-from rnnlab.generation import SampleConfig, expand_state, sample_next
+from rnnlab.generation import SampleConfig, expand_state, sample_next, sample_rows
 from rnnlab.models.cells import State
 from rnnlab.models.language_model import RNNLanguageModel
 
@@ -49,6 +50,13 @@ class GenerationRequest:
     state: State | None = None  # (layers, N, H) after the last token
     done: torch.Tensor | None = None  # (N,) samples that produced eos
     steps: int = 0
+
+
+def _unfiltered(request: GenerationRequest) -> bool:
+    """Whether the request samples from the whole softmax at a temperature (no filters)."""
+    config = request.config
+    return (config.temperature > 0 and not config.top_k and config.top_p >= 1
+            and not request.banned_ids.numel())
 
 
 def _cat_states(states: list[State]) -> State:
@@ -171,13 +179,9 @@ class Batcher:
     def _step(self) -> None:
         """Sample every active request once, drop the finished, advance the rest together."""
         staying, ids = [], []
-        for request in self.active:
-            if request.cancelled:
-                continue
-            try:
-                next_ids = self._sample(request)
-            except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
-                request.emit(("error", f"{type(exc).__name__}: {exc}"))
+        for request, next_ids in self._sample([r for r in self.active if not r.cancelled]):
+            if isinstance(next_ids, Exception):  # this request fails, the others go on
+                request.emit(("error", f"{type(next_ids).__name__}: {next_ids}"))
                 continue
             request.emit(("tokens", next_ids))
             config = request.config
@@ -204,16 +208,46 @@ class Batcher:
                                              _split_state(state, sizes), strict=True):
             request.logits, request.state = part, part_state
 
-    def _sample(self, request: GenerationRequest) -> torch.Tensor:
-        config = request.config
-        next_ids = sample_next(request.logits, temperature=config.temperature,
-                               top_k=config.top_k, top_p=config.top_p, banned=request.banned_ids,
-                               generator=request.generator)
-        if config.stop_at_eos and request.eos_id is not None:
-            next_ids = next_ids.masked_fill(request.done, request.eos_id)
-            request.done |= next_ids == request.eos_id
-        request.steps += 1
-        return next_ids
+    def _sample(self, requests: list[GenerationRequest]
+                ) -> list[tuple[GenerationRequest, torch.Tensor | Exception]]:
+        """Each request's (N,) next ids (or the error that stopped it), in order.
+
+        Requests that sample at a temperature with no filters are drawn together in one pass
+        (``sample_rows``); the rest one by one with ``sample_next``. Both give a request the ids
+        it would get alone.
+        """
+        drawn: dict[int, torch.Tensor | Exception] = {}
+        plain = [r for r in requests if _unfiltered(r)]
+        if plain:
+            counts = [r.config.num_samples for r in plain]
+            try:
+                rows = sample_rows(torch.cat([r.logits for r in plain]),
+                                   [r.config.temperature for r in plain], counts,
+                                   [r.generator for r in plain])
+                drawn.update(zip(map(id, plain), rows.split(counts), strict=True))
+            except Exception as exc:  # noqa: BLE001 - reported to each of these requests
+                drawn.update((id(r), exc) for r in plain)
+        for request in requests:
+            if id(request) in drawn:
+                continue
+            config = request.config
+            try:
+                drawn[id(request)] = sample_next(
+                    request.logits, temperature=config.temperature, top_k=config.top_k,
+                    top_p=config.top_p, banned=request.banned_ids, generator=request.generator)
+            except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
+                drawn[id(request)] = exc
+        result = []
+        for request in requests:
+            next_ids = drawn[id(request)]
+            config = request.config
+            if not isinstance(next_ids, Exception):
+                if config.stop_at_eos and request.eos_id is not None:
+                    next_ids = next_ids.masked_fill(request.done, request.eos_id)
+                    request.done |= next_ids == request.eos_id
+                request.steps += 1
+            result.append((request, next_ids))
+        return result
 
     def _advance(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """(B,) ids and the stacked state -> (B, V) logits and the new state: one step."""
