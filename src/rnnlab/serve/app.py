@@ -5,14 +5,16 @@ from type annotations (one schema, also the OpenAPI docs at /docs), responses ma
 server-sent events, and it is an optional extra (``pip install 'rnnlab[serve]'``) so that the
 core package needs neither.
 
-Every model computation runs off the event loop: generation in each language model's decoding
-loop (``batching.Batcher``), the rest in FastAPI's thread pool.
+Generation steps run on the event loop itself: each language model's decoding loop
+(``batching.Batcher``) is a task that alternates batched steps with the loop's network I/O.
+Scoring, activations and classification run in FastAPI's thread pool.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -77,10 +79,18 @@ def create_app(registry: Registry, limits: Limits | None = None,
                token: str | None = None) -> Any:
     """The ASGI application (FastAPI behind ``limits.Guard``)."""
     limits = (limits or Limits()).check()
+
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
-        yield
-        registry.close()  # the decoding loops' threads end with the server
+        loops = [asyncio.create_task(served.batcher.run_on_loop())
+                 for served in registry.served.values() if served.batcher is not None]
+        try:
+            yield
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            registry.close()
 
     app = FastAPI(title="rnnlab", summary="Recurrent language models and classifiers",
                   version=_version(), lifespan=lifespan)
@@ -175,9 +185,13 @@ async def _decode(served: Served, prompt: list[int], config: SampleConfig, banne
     once lets the response write them in one piece instead of one write per token.
     """
     loop = asyncio.get_running_loop()
+    loop_thread = threading.get_ident()
     events: asyncio.Queue = asyncio.Queue()
 
     def emit(event: Any) -> None:
+        if threading.get_ident() == loop_thread:  # the decoding loop runs on this event loop
+            events.put_nowait(event)
+            return
         try:
             loop.call_soon_threadsafe(events.put_nowait, event)
         except RuntimeError:  # the event loop is gone: nobody is waiting

@@ -16,6 +16,7 @@ not depend on the other rows.
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from collections.abc import Callable
@@ -72,10 +73,12 @@ def _split_state(state: State, sizes: list[int]) -> list[State]:
 
 
 class Batcher:
-    """One decoding loop for one language model, on its own thread.
+    """One decoding loop for one language model.
 
-    ``submit(request)`` queues a request; its ``emit`` is called from the loop's thread with
-    each step's (N,) ids and finally ``("done", None)``, or ``("error", message)``.
+    ``submit(request)`` queues a request; its ``emit`` is called from the loop with each
+    step's (N,) ids and finally ``("done", None)``, or ``("error", message)``. The loop runs
+    either as a task of an event loop (``run_on_loop``, what the server does) or, when none
+    runs it, on a thread of its own that the first ``submit`` starts.
     """
 
     def __init__(self, model: RNNLanguageModel, max_batch: int = 64):
@@ -87,12 +90,13 @@ class Batcher:
         self.stepper = None
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
+        self.wake: Callable[[], None] | None = None  # set while an event loop runs the loop
 
     # --- the owner's side ----------------------------------------------------------------------
 
     def start(self) -> Batcher:
         with self.lock:
-            if self.thread is None:
+            if self.thread is None and self.wake is None:
                 self.thread = threading.Thread(target=self._loop, name="rnnlab-batcher",
                                                daemon=True)
                 self.thread.start()
@@ -107,6 +111,8 @@ class Batcher:
     def submit(self, request: GenerationRequest) -> None:
         self.start()
         self.inbox.put(request)
+        if self.wake is not None:
+            self.wake()
 
     def generate(self, prompt: list[int], config: SampleConfig, banned: list[int] = (),
                  eos_id: int | None = None) -> list[torch.Tensor]:
@@ -123,16 +129,45 @@ class Batcher:
             else:
                 return steps
 
+    async def run_on_loop(self) -> None:
+        """The decoding loop as a task of the running event loop, until cancelled.
+
+        Each step runs on the loop's own thread, between its rounds of network I/O. On a
+        thread of its own the loop would hand the GIL back and forth with the HTTP handling at
+        every tensor operation, and under load that waiting, not the arithmetic, sets the pace.
+        """
+        loop = asyncio.get_running_loop()
+        arrived = asyncio.Event()
+        self.wake = lambda: loop.call_soon_threadsafe(arrived.set)
+        try:
+            with torch.inference_mode():
+                self._prepare()
+            while True:
+                if not self.active and self.inbox.empty():
+                    arrived.clear()
+                    await arrived.wait()
+                with torch.inference_mode():
+                    if not self._admit(block=False):
+                        return
+                    if self.active:
+                        self._step()
+                await asyncio.sleep(0)  # the loop writes this step's tokens and reads requests
+        finally:
+            self.wake = None
+
     # --- the loop ------------------------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def _prepare(self) -> None:
         # The same step function as generate_ids: weights laid out for one-token steps when the
         # fast paths are on (they read float weight matrices, absent from an int8 model).
+        if fast.enabled() and hasattr(self.model.rnn, "weight_ih_l0"):
+            self.stepper = fast.TokenStepper(self.model)
+
+    def _loop(self) -> None:
         with torch.inference_mode():
-            if fast.enabled() and hasattr(self.model.rnn, "weight_ih_l0"):
-                self.stepper = fast.TokenStepper(self.model)
+            self._prepare()
             while True:
-                if not self._admit():
+                if not self._admit(block=True):
                     return
                 if self.active:
                     self._step()
@@ -140,11 +175,13 @@ class Batcher:
     def _rows(self) -> int:
         return sum(r.config.num_samples for r in self.active)
 
-    def _admit(self) -> bool:
-        """Move waiting requests into the batch (blocking while nothing is active)."""
+    def _admit(self, block: bool) -> bool:
+        """Move waiting requests into the batch (with ``block``, waiting while none is active).
+
+        False when told to stop."""
         while True:
             try:
-                request = self.inbox.get(block=not self.active)
+                request = self.inbox.get(block=block and not self.active)
             except queue.Empty:
                 return True
             if request is None:
