@@ -11,7 +11,10 @@ fresh child process so that its peak RSS (``getrusage``) is its own:
 * ``train``: peak RSS of a short training run on the mapped corpus (word-small, or char-rnn at
   character level); it must not grow with the corpus.
 
-Usage: python benchmarks/data_scale.py [--sizes 10M,100M[,1B]] [--work-dir DIR] [--steps N]
+Over more than 65,536 word types the word-small children use an adaptive output layer.
+
+Usage: python benchmarks/data_scale.py [--sizes 10M,100M[,1B]] [--types N] [--levels word,char]
+       [--work-dir DIR] [--steps N]
 Prints one JSON object.
 """
 
@@ -33,16 +36,22 @@ SUFFIX = {"K": 10**3, "M": 10**6, "B": 10**9}
 BLOCK = 5_000_000  # tokens generated per write: bounded memory at every size
 
 # Run in the children: json.dumps of a dict on the last line of stdout.
-# The children's config: the word-small recipe (char-rnn at character level) on the corpus.
+# The children's config: the word-small recipe (char-rnn at character level) on the corpus. Over
+# a vocabulary of hundreds of thousands of words the output layer is adaptive (Grave et al.,
+# 2017), as large-vocabulary recipes make it: a full softmax over 250k words would need
+# 20 x 35 x 250k logits and their gradients, 1.4 GB, at every step.
 CONFIG = """
 import rnnlab
 def config(text, level, root, steps=1):
+    adaptive = {"model.output": "adaptive", "model.cutoffs": [2000, 20000],
+                "model.tie_weights": False} if level == "word" and LARGE_VOCAB else {}
     return rnnlab.resolve_config(
         preset="word-small" if level == "word" else "char-rnn", overrides={
             "data.text_path": text, "data.level": level, "data.data_dir": root,
             "data.prepared": "always", "train.device": "cpu", "train.threads": 1,
-            "train.max_steps": steps, "train.log_every": 0})
+            "train.max_steps": steps, "train.log_every": 0, **adaptive})
 """
+ADAPTIVE_ABOVE = 65_536  # word types from which the children's word-small has an adaptive output
 
 PREPARE = CONFIG + """
 import json, resource, sys, time
@@ -139,15 +148,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--types", type=int, default=250_000, help="word types of the corpus")
     parser.add_argument("--steps", type=int, default=5, help="training steps for the RSS")
     parser.add_argument("--work-dir", help="keep the corpora here (default: a temporary folder)")
+    parser.add_argument("--levels", default="word,char", help="word, char or both")
     args = parser.parse_args(argv)
+    large = args.types > ADAPTIVE_ABOVE
+    prepare_code, train_code = (f"LARGE_VOCAB = {large}\n{code}" for code in (PREPARE, TRAIN))
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="rnnlab-data-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    results: dict = {"types": args.types, "sizes": {}}
+    results: dict = {"types": args.types, "word_output": "adaptive" if large else "softmax",
+                     "sizes": {}}
     try:
         for size_text in args.sizes.split(","):
             size = parse_size(size_text)
             row: dict = {}
-            for level in ("word", "char"):
+            for level in args.levels.split(","):
                 path = work / f"{level}-{size_text.strip()}.txt"
                 start = time.perf_counter()
                 if level == "word":
@@ -157,11 +170,11 @@ def main(argv: list[str] | None = None) -> None:
                 root = str(work / f"data-{level}-{size_text.strip()}")
                 entry = {"bytes": path.stat().st_size,
                          "generate_s": round(time.perf_counter() - start, 1),
-                         "prepare": child(PREPARE, str(path), level, root)}
+                         "prepare": child(prepare_code, str(path), level, root)}
                 if level == "word":
-                    entry["cached_start"] = child(TRAIN, str(path), level, root, "1",
+                    entry["cached_start"] = child(train_code, str(path), level, root, "1",
                                                   repr(time.time()))
-                entry["train"] = child(TRAIN, str(path), level, root, str(args.steps),
+                entry["train"] = child(train_code, str(path), level, root, str(args.steps),
                                        repr(time.time()))
                 row[level] = entry
                 print(json.dumps({size_text.strip(): {level: entry}}), file=sys.stderr)
