@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 
@@ -52,6 +53,33 @@ def test_concurrent_requests_equal_each_request_decoded_alone(tmp_path, cell: st
             thread.join(timeout=60)
         batcher.stop()
     assert together == alone
+
+
+def test_requests_decoded_as_a_task_of_an_event_loop_equal_each_decoded_alone(tmp_path) -> None:
+    """The server's way: the loop runs on the event loop's own thread, no thread of its own."""
+    lm = LanguageModel.load(lm_run(tmp_path / "run"))
+    alone = [torch.stack(list(generate_ids(lm.model, p, c)), 1).tolist() for p, c in configs()]
+    batcher = Batcher(lm.model)
+
+    async def decode_all() -> list:
+        loop = batcher.start_on_loop()
+        steps: list[list] = [[] for _ in alone]
+        ended = [asyncio.Event() for _ in alone]
+
+        def sink(i: int):
+            def emit(event: tuple) -> None:
+                steps[i].append(event[1]) if event[0] == "tokens" else ended[i].set()
+            return emit
+
+        for i, (prompt, config) in enumerate(configs()):
+            batcher.submit(GenerationRequest(prompt, config, sink(i)))
+            await asyncio.sleep(0)  # later requests join a loop already decoding
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ended)), timeout=60)
+        loop.cancel()
+        return [torch.stack(s, 1).tolist() for s in steps]
+
+    assert asyncio.run(decode_all()) == alone
+    assert batcher.thread is None
 
 
 def test_requests_join_and_leave_between_steps(tmp_path) -> None:

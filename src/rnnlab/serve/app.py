@@ -82,7 +82,7 @@ def create_app(registry: Registry, limits: Limits | None = None,
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
-        loops = [asyncio.create_task(served.batcher.run_on_loop())
+        loops = [served.batcher.start_on_loop()
                  for served in registry.served.values() if served.batcher is not None]
         try:
             yield

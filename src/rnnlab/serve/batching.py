@@ -77,7 +77,7 @@ class Batcher:
 
     ``submit(request)`` queues a request; its ``emit`` is called from the loop with each
     step's (N,) ids and finally ``("done", None)``, or ``("error", message)``. The loop runs
-    either as a task of an event loop (``run_on_loop``, what the server does) or, when none
+    either as a task of an event loop (``start_on_loop``, what the server does) or, when none
     runs it, on a thread of its own that the first ``submit`` starts.
     """
 
@@ -129,16 +129,23 @@ class Batcher:
             else:
                 return steps
 
-    async def run_on_loop(self) -> None:
-        """The decoding loop as a task of the running event loop, until cancelled.
+    def start_on_loop(self) -> asyncio.Task:
+        """Run the decoding loop as a task of the running event loop (call it from that loop);
+        cancel the task to stop it.
 
-        Each step runs on the loop's own thread, between its rounds of network I/O. On a
+        Each step then runs on the loop's own thread, between its rounds of network I/O. On a
         thread of its own the loop would hand the GIL back and forth with the HTTP handling at
         every tensor operation, and under load that waiting, not the arithmetic, sets the pace.
         """
         loop = asyncio.get_running_loop()
         arrived = asyncio.Event()
-        self.wake = lambda: loop.call_soon_threadsafe(arrived.set)
+        with self.lock:
+            if self.thread is not None:
+                raise RuntimeError("this decoding loop already runs on a thread")
+            self.wake = lambda: loop.call_soon_threadsafe(arrived.set)  # from here on, no thread
+        return loop.create_task(self._run_on_loop(arrived))
+
+    async def _run_on_loop(self, arrived: asyncio.Event) -> None:
         try:
             with torch.inference_mode():
                 self._prepare()
