@@ -105,6 +105,7 @@ def _fingerprint(run: Path) -> dict[str, tuple[bytes, int]]:
             for p in sorted(run.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_finetune_starts_a_new_run_from_the_best_weights_and_leaves_the_parent_alone(
         train_tiny: Any, tmp_path: Path) -> None:
     parent = train_tiny("parent", train__max_steps=4, train__optimizer="sgd", train__lr=0.5).run_dir

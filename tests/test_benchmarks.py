@@ -79,6 +79,7 @@ def test_lm_throughput_counts_matmul_flops_and_reports_consistent_unrounded_figu
     assert result["cpu"]
 
 
+@pytest.mark.slow
 def test_plain_trainer_trains_windows_of_the_stream_and_learns() -> None:
     torch.manual_seed(0)
     config = _config({"model.dropout": "0.0", "train.lr": "0.01"})

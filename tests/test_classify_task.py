@@ -84,6 +84,7 @@ def test_batches_are_pure_in_seed_and_epoch(task):
     assert not torch.equal(next(task.batches(2)).labels, first[0].labels)
 
 
+@pytest.mark.slow
 def test_training_steps_learn(task):
     before = task.evaluate("valid")
     assert set(before) == {"loss", "accuracy"}

@@ -253,6 +253,7 @@ def test_unknown_key_advice_names_a_command_that_lists_every_key(
             assert f"{section}.{field.name}" in out
 
 
+@pytest.mark.slow
 def test_presets_name_prints_a_toml_config_file_of_the_same_recipe(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from importlib import resources

@@ -217,6 +217,7 @@ def test_sigkill_at_each_point_of_a_checkpoint_then_resume_is_exact(
     assert_equals_reference(run, reference)
 
 
+@pytest.mark.slow
 def test_resume_removes_leftover_temporary_files_and_stale_weights(tmp_path: Path) -> None:
     config = rnnlab.resolve_config(preset="synthetic",
                                    overrides={**OVERRIDES, "train.max_steps": 12})

@@ -71,6 +71,7 @@ def test_export_never_overwrites_a_graph(tmp_path: Path) -> None:
         export_run(run, tmp_path / "onnx")
 
 
+@pytest.mark.slow
 def test_the_cli_exports_and_refuses_int8(cli_runner, tmp_path: Path) -> None:
     run = lm_run(tmp_path / "run")
     done = cli_runner.run(["export", str(run), "--out", str(tmp_path / "onnx")], tmp_path)

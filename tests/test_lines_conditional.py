@@ -146,6 +146,7 @@ def test_a_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
     _refused(tmp_path, folder, "not valid UTF-8")
 
 
+@pytest.mark.slow
 def test_char_level_classification_end_to_end(tmp_path: Path, one_thread: None,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     folder = write_folder(tmp_path, per_label=30)

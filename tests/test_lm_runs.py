@@ -72,6 +72,7 @@ def test_lm_variants_train_save_load_and_sample(train_tiny: TrainTiny,
     assert len(lm.generate("", 5, seed=1, num_samples=2)) == 2
 
 
+@pytest.mark.slow
 def test_model_safetensors_is_the_best_checkpoint(train_tiny: TrainTiny) -> None:
     result = train_tiny(train__max_steps=24, train__eval_every=6, train__epochs=5,
                         train__lr=0.05)

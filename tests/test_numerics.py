@@ -90,6 +90,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_a_burst_of_nan_steps_rolls_back_with_half_the_rate_and_recovers(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Calls 34-38 are steps 33-37: five in a row, after the checkpoint of step 30.

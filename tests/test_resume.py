@@ -289,6 +289,7 @@ def saved_as_if_on_cuda() -> Iterator[None]:
         torch.serialization._package_registry.remove(entry)
 
 
+@pytest.mark.slow
 def test_trainer_state_written_on_cuda_resumes_on_cpu(tmp_path: Path) -> None:
     # A constant rate: a cosine schedule would depend on the shorter budget of the cut run.
     overrides = {**LM_BASE, "train.max_steps": 20, "train.eval_every": 6,

@@ -116,6 +116,7 @@ def test_unknown_prompt_words_are_read_as_unk(server: str) -> None:
     assert response.status_code == 200
 
 
+@pytest.mark.slow
 def test_the_server_survives_bad_requests(server: str) -> None:
     for request_args, _, _ in BAD:
         httpx.post(f"{server}/v1/generate", timeout=30, **request_args)
@@ -162,6 +163,7 @@ def test_requests_over_the_concurrency_limit_get_429_until_a_slot_frees() -> Non
     assert asyncio.run(scenario()) == [429, 200, 200, 200]
 
 
+@pytest.mark.slow
 def test_many_concurrent_connections_are_answered_200_or_429(server: str) -> None:
     body = {"model": "char", "prompt": "ab", "max_tokens": 20, "seed": 2}
 
