@@ -201,23 +201,20 @@ async def _decode(served: Served, prompt: list[int], config: SampleConfig, banne
     served.batcher.submit(request)
     try:
         while True:
-            ready, finished = [], False
-            event = await events.get()
-            while True:
-                kind, value = event
+            queued = [await events.get()]
+            while not events.empty():
+                queued.append(events.get_nowait())
+            steps = []
+            for kind, value in queued:
+                if kind == "tokens":
+                    steps.append(value)
+                    continue
+                if steps:
+                    yield steps
                 if kind == "error":
                     raise RuntimeError(value)
-                if kind == "done":
-                    finished = True
-                    break
-                ready.append(value)
-                if events.empty():
-                    break
-                event = events.get_nowait()
-            if ready:
-                yield ready
-            if finished:
-                return
+                return  # done
+            yield steps
     finally:
         request.cancelled = True  # a client that went away frees its slot at the next step
 
