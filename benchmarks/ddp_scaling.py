@@ -31,8 +31,7 @@ def measure(preset: str, steps: int, warmup: int, threads: int,
             overrides: dict[str, Any]) -> dict[str, Any] | None:
     """Time ``steps`` training steps in this process (a rank when under torchrun)."""
     set_threads(threads)
-    if fast.enabled():
-        fast.keep_freed_memory()  # as `rnnlab train` does: the step's buffers are not re-faulted
+    fast.set_up_training_process()  # as `rnnlab train` does
     config = resolve_config(preset=preset, overrides={
         **overrides, "train.device": "cpu", "train.threads": threads, "train.log_every": 0})
     with distributed.session("cpu") as device, tempfile.TemporaryDirectory() as run_dir:

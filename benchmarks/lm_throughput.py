@@ -234,8 +234,7 @@ def main() -> None:
                         help="also time the same model trained in plain PyTorch (plain_lm.py)")
     args = parser.parse_args()
     set_threads(args.threads)
-    if fast.enabled():
-        fast.keep_freed_memory()  # as `rnnlab train` does: the step's buffers are not re-faulted
+    fast.set_up_training_process()  # as `rnnlab train` does
     device = resolve_device(args.device)
     overrides = dict(item.split("=", 1) for item in args.set)
     config = preset_config(args.preset, overrides)

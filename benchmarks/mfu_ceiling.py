@@ -111,8 +111,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     set_threads(args.threads)
-    if fast.enabled():
-        fast.keep_freed_memory()  # as `rnnlab train` does: the step's buffers are not re-faulted
+    fast.set_up_training_process()  # as `rnnlab train` does
     device = resolve_device(args.device)
     overrides = dict(item.split("=", 1) for item in args.set)
     config = preset_config(args.preset, overrides)

@@ -21,8 +21,7 @@ EXIT_INTERRUPTED = 130
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    if fast.enabled():
-        fast.keep_freed_memory()  # process-wide, so set here rather than by the library
+    fast.set_up_training_process()  # process-wide, so made here rather than by the library
     overrides = train_overrides(args)
     main = distributed.is_main()  # under torchrun, rank 0 alone prints
     bar = ProgressBar()

@@ -64,7 +64,16 @@ from rnnlab.fast.softmax_loss import linear_cross_entropy, logits_buffer  # noqa
 from rnnlab.fast.stack import run_stack  # noqa: E402
 from rnnlab.fast.stepper import TokenStepper  # noqa: E402
 
+
+def set_up_training_process() -> None:
+    """The process-wide settings a training process makes when the fast paths are on (today:
+    ``keep_freed_memory``). ``rnnlab train`` calls it, and so do the benchmarks that time a
+    Trainer, so that they time what the command runs; a library constructor never does."""
+    if enabled():
+        keep_freed_memory()
+
+
 __all__ = [
     "TokenStepper", "clipped_step", "enabled", "enabled_as", "env_allows", "keep_freed_memory",
-    "linear_cross_entropy", "logits_buffer", "run_stack", "set_enabled",
+    "linear_cross_entropy", "logits_buffer", "run_stack", "set_enabled", "set_up_training_process",
 ]
