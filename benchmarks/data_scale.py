@@ -11,7 +11,7 @@ fresh child process so that its peak RSS (``getrusage``) is its own:
 * ``train``: peak RSS of a short training run on the mapped corpus (word-small, or char-rnn at
   character level); it must not grow with the corpus.
 
-Over more than 65,536 word types the word-small children use an adaptive output layer.
+Over more than 65,536 word types the word-small children use an adaptive input and output.
 
 Usage: python benchmarks/data_scale.py [--sizes 10M,100M[,1B]] [--types N] [--levels word,char]
        [--work-dir DIR] [--steps N]
@@ -37,21 +37,23 @@ BLOCK = 5_000_000  # tokens generated per write: bounded memory at every size
 
 # Run in the children: json.dumps of a dict on the last line of stdout.
 # The children's config: the word-small recipe (char-rnn at character level) on the corpus. Over
-# a vocabulary of hundreds of thousands of words the output layer is adaptive (Grave et al.,
-# 2017), as large-vocabulary recipes make it: a full softmax over 250k words would need
-# 20 x 35 x 250k logits and their gradients, 1.4 GB, at every step.
+# a vocabulary of hundreds of thousands of words the output layer and the embedding are adaptive
+# (Grave et al., 2017; Baevski & Auli, 2019), as large-vocabulary recipes make them: a full
+# softmax over 250k words would need 20 x 35 x 250k logits and their gradients, 1.4 GB, at every
+# step, and a full 250k x 200 table is 50M parameters, most of them for words seen a few times.
 CONFIG = """
 import rnnlab
 def config(text, level, root, steps=1):
-    adaptive = {"model.output": "adaptive", "model.cutoffs": [2000, 20000],
-                "model.tie_weights": False} if level == "word" and LARGE_VOCAB else {}
+    adaptive = {"model.output": "adaptive", "model.input": "adaptive",
+                "model.cutoffs": [2000, 20000], "model.tie_weights": False,
+                } if level == "word" and LARGE_VOCAB else {}
     return rnnlab.resolve_config(
         preset="word-small" if level == "word" else "char-rnn", overrides={
             "data.text_path": text, "data.level": level, "data.data_dir": root,
             "data.prepared": "always", "train.device": "cpu", "train.threads": 1,
             "train.max_steps": steps, "train.log_every": 0, **adaptive})
 """
-ADAPTIVE_ABOVE = 65_536  # word types from which the children's word-small has an adaptive output
+ADAPTIVE_ABOVE = 65_536  # word types from which the children's word-small is adaptive
 
 PREPARE = CONFIG + """
 import json, resource, sys, time
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     prepare_code, train_code = (f"LARGE_VOCAB = {large}\n{code}" for code in (PREPARE, TRAIN))
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="rnnlab-data-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    results: dict = {"types": args.types, "word_output": "adaptive" if large else "softmax",
+    results: dict = {"types": args.types, "word_layers": "adaptive input and output" if large
+                     else "embedding and softmax",
                      "sizes": {}}
     try:
         for size_text in args.sizes.split(","):

@@ -20,7 +20,7 @@ TASKS = ("lm", "classify")
 LEVELS = ("word", "char")
 OPTIMIZERS = ("adam", "adamw", "sgd", "nt-asgd", "asgd")
 SCHEDULES = ("constant", "plateau", "cosine")
-INPUTS = ("embedding", "onehot")
+INPUTS = ("embedding", "onehot", "adaptive")
 POOLINGS = ("last", "mean", "max", "concat")
 OUTPUTS = ("softmax", "adaptive")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -64,9 +64,10 @@ class ModelConfig:
     weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden matrices (Merity et al., 2017)
     hidden_sizes: list[int] | None = None  # per layer; None: hidden_size in all num_layers
     tie_weights: bool = True  # share input and output embeddings (Press & Wolf, 2017)
-    input: str = "embedding"  # "onehot" is the classic char-rnn input
+    input: str = "embedding"  # "onehot": the classic char-rnn input; "adaptive": see cutoffs
     output: str = "softmax"  # or "adaptive": cheaper softmax over frequency clusters (Grave 2017)
-    cutoffs: list[int] = field(default_factory=lambda: [2000])  # adaptive: cluster boundaries
+    # Where the frequency bands of an adaptive output or input begin (their first ids).
+    cutoffs: list[int] = field(default_factory=lambda: [2000])
     bidirectional: bool = False  # classifier only
     pooling: str = "last"  # classifier only: last | mean | max | concat
 
@@ -77,8 +78,9 @@ class ModelConfig:
         _choice("model.output", self.output, OUTPUTS)
         if self.output == "adaptive" and self.tie_weights:
             raise RnnlabError("model.output = 'adaptive' cannot tie weights; set tie_weights=false")
-        if self.input == "onehot" and self.tie_weights:
-            raise RnnlabError("model.input = 'onehot' cannot tie weights; set tie_weights=false")
+        if self.input != "embedding" and self.tie_weights:
+            raise RnnlabError(f"model.input = '{self.input}' cannot tie weights; "
+                              "set tie_weights=false")
         if any(c <= 0 for c in self.cutoffs) or self.cutoffs != sorted(set(self.cutoffs)):
             raise RnnlabError(f"model.cutoffs must be increasing positive ids, got {self.cutoffs}")
         _positive("model.embedding_dim", self.embedding_dim)

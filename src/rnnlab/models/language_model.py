@@ -8,6 +8,7 @@ from torch.nn import functional as F
 
 from rnnlab import fast
 from rnnlab.config import ModelConfig
+from rnnlab.models.adaptive_input import AdaptiveEmbedding
 from rnnlab.models.cells import LayerStack, State, make_rnn
 from rnnlab.models.regularization import (
     LockedDropout,
@@ -15,6 +16,15 @@ from rnnlab.models.regularization import (
     embedding_dropout,
     weight_drop,
 )
+
+
+def _input_table(config: ModelConfig, vocab_size: int, cutoffs: list[int]) -> nn.Module | None:
+    """What turns ids into vectors: none for one-hot input; adaptive where a cutoff fits."""
+    if config.input == "onehot":
+        return None
+    if config.input == "adaptive" and cutoffs:
+        return AdaptiveEmbedding(vocab_size, config.embedding_dim, cutoffs)
+    return nn.Embedding(vocab_size, config.embedding_dim)
 
 
 class RNNLanguageModel(nn.Module):
@@ -25,6 +35,9 @@ class RNNLanguageModel(nn.Module):
     skip the clusters a batch does not need. With ``tie_weights`` the decoder shares the embedding
     matrix (Press & Wolf, 2017; Inan et al., 2017); when the hidden size differs from the embedding
     size a linear projection bridges them.
+
+    ``model.input``: a table of word vectors, an adaptive one (shorter vectors for rarer words,
+    Baevski & Auli, 2019), or none (one-hot input).
 
     AWD-LSTM's pieces (Merity et al., 2017) are each a config switch: ``weight_drop`` on the
     recurrent matrices, per-layer ``hidden_sizes``, and AR/TAR in ``regularized_nll``.
@@ -39,7 +52,8 @@ class RNNLanguageModel(nn.Module):
         self.vocab_size = vocab_size
         onehot = config.input == "onehot"
         input_size = vocab_size if onehot else config.embedding_dim
-        self.embedding = None if onehot else nn.Embedding(vocab_size, config.embedding_dim)
+        cutoffs = [c for c in config.cutoffs if c < vocab_size - 1]
+        self.embedding = _input_table(config, vocab_size, cutoffs)
         # Dropout on the non-recurrent connections only (Zaremba et al., 2014); the input and
         # output masks are locked over time (Gal & Ghahramani, 2016; Merity et al., 2017).
         p_input, p_between, p_output = config.dropout_rates()
@@ -56,7 +70,6 @@ class RNNLanguageModel(nn.Module):
             feature_size = config.embedding_dim
         self.decoder: nn.Linear | None = None
         self.adaptive: nn.AdaptiveLogSoftmaxWithLoss | None = None
-        cutoffs = [c for c in config.cutoffs if c < vocab_size - 1]
         if config.output == "adaptive" and cutoffs:
             self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(feature_size, vocab_size, cutoffs, 4.0)
         else:
@@ -66,7 +79,9 @@ class RNNLanguageModel(nn.Module):
             self.decoder.weight = self.embedding.weight
 
     def _init_weights(self) -> None:
-        if self.embedding is not None:
+        if isinstance(self.embedding, AdaptiveEmbedding):
+            self.embedding.reset_parameters(0.1)
+        elif self.embedding is not None:
             nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
         if self.decoder is not None:
             nn.init.uniform_(self.decoder.weight, -0.1, 0.1)

@@ -25,17 +25,17 @@ class LockedDropout(nn.Module):
         return x * mask
 
 
-def embedding_dropout(embedding: nn.Embedding, tokens: torch.Tensor, p: float) -> torch.Tensor:
-    """Look up ``tokens`` with whole rows of the table dropped (Gal & Ghahramani, 2016).
+def embedding_dropout(embedding: nn.Module, tokens: torch.Tensor, p: float) -> torch.Tensor:
+    """Look up ``tokens`` (B, T) with whole word types dropped (Gal & Ghahramani, 2016).
 
-    Every occurrence of a dropped word type in the batch is zeroed, so the model cannot rely on
-    any single word; the remaining rows are scaled by 1 / (1 - p).
+    Every occurrence of a dropped type in the batch is zeroed, so the model cannot rely on any
+    single word; the others are scaled by 1 / (1 - p). ``embedding`` is any table with
+    ``num_embeddings`` rows: ``nn.Embedding`` or an adaptive input.
     """
     if p == 0:
         return embedding(tokens)
-    weight = embedding.weight
-    keep = weight.new_empty(weight.shape[0], 1).bernoulli_(1 - p) / (1 - p)
-    return nn.functional.embedding(tokens, weight * keep, embedding.padding_idx)
+    keep = torch.empty(embedding.num_embeddings, 1, device=tokens.device).bernoulli_(1 - p)
+    return embedding(tokens) * (keep / (1 - p))[tokens]  # (B, T, E) * (B, T, 1)
 
 
 def weight_drop(rnn: nn.Module, p: float) -> dict[str, torch.Tensor]:

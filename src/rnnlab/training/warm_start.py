@@ -68,7 +68,7 @@ def warm_start(model: nn.Module, vocab: Vocab, source: Source,
     same name and shape (``rnn.weight_ih_l0`` etc.); reverse directions are left alone.
     """
     embedding = getattr(model, "embedding", None)
-    if embedding is None:
+    if not isinstance(embedding, nn.Embedding):
         raise RnnlabError("train.init_from needs a model with word embeddings "
                           "(model.input = 'embedding')")
     source_embedding = source.tensors["embedding.weight"]
