@@ -45,7 +45,7 @@ CACHE_SEGMENT = 256  # tokens scored at once when only the cache adapts (no upda
 # a small eps lets one surprising token throw them far, so eps is searched with lr = eps first.
 EPS_GRID = [1e-4, 3e-4, 1e-3, 3e-3]
 LR_FACTORS = [0.5, 2.0]  # then lr around eps
-DECAY_GRID = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+DECAY_GRID = [1e-3, 1e-2, 3e-2, 1e-1]
 WINDOW_GRID = [100, 500, 2000]
 THETA_GRID = [0.03, 0.1, 0.3, 1.0]
 LAMBDA_GRID = [0.05, 0.1, 0.2, 0.3]
@@ -165,7 +165,7 @@ def tune(model: RNNLanguageModel, valid_ids: torch.Tensor, *, dynamic: bool, cac
          base_cache: CacheSettings, fixed: set[str], tokens: int = TUNE_TOKENS,
          progress: Progress | None = None) -> dict[str, Any]:
     """Settings that minimise NLL on the first ``tokens`` validation tokens: a grid over eps
-    (with lr = eps), then lr around it, then decay, then lr again at that decay; and a grid over window, theta and lambda on
+    (with lr = eps), then lr around it, then decay; and a grid over window, theta and lambda on
     the states of one pass with the chosen dynamic settings. Names in ``fixed`` keep their
     ``base_*`` value."""
     ids = valid_ids[: tokens + 1]
@@ -212,8 +212,6 @@ def _tune_dynamic(model: RNNLanguageModel, ids: torch.Tensor, stats: Any,
         lr = min([lr, *(lr * f for f in LR_FACTORS)], key=lambda v: trial(v, eps, decay))
     if "decay" not in fixed:
         decay = min([0.0, *DECAY_GRID], key=lambda v: trial(lr, eps, v))
-        if decay and "lr" not in fixed:  # the pull back moves the best step: search it again
-            lr = min([lr, *(lr * f for f in LR_FACTORS)], key=lambda v: trial(v, eps, decay))
     return dataclasses.replace(base, lr=lr, eps=eps, decay=decay)
 
 
