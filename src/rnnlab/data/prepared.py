@@ -107,13 +107,14 @@ def prepare(source: Source, root: Path, vocab: Vocab | None = None, *,
     if vocab is not None:
         built = folder_for(source, root, None)
         with _locked(built):
-            if _problem(built, source, vocab_hash(vocab)) is None:
-                return _open(built, "reused")
+            problem, found = _check(built, source, vocab_hash(vocab))
+            if problem is None:
+                return _open(built, "reused", found)
     folder = folder_for(source, root, vocab)
     with _locked(folder):
-        problem = _problem(folder, source, None if vocab is None else vocab_hash(vocab))
+        problem, found = _check(folder, source, None if vocab is None else vocab_hash(vocab))
         if problem is None:
-            return _open(folder, "reused")
+            return _open(folder, "reused", found)
         _build(folder, source, vocab, chunk_bytes)
         status = "built" if problem == "missing" else f"rebuilt ({problem})"
         return _open(folder, status)
@@ -131,44 +132,47 @@ def _locked(folder: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _problem(folder: Path, source: Source, expected_vocab: str | None) -> str | None:
-    """Why ``folder`` cannot be used as it is, or ``None`` when it matches ``source``."""
+def _check(folder: Path, source: Source, expected_vocab: str | None,
+           ) -> tuple[str | None, Vocab | None]:
+    """Why ``folder`` cannot be used as it is (``None`` when it matches ``source``), and the
+    vocabulary it holds if that could be read."""
     try:
         header = json.loads((folder / "header.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return "missing"
+        return "missing", None
     except (OSError, ValueError):
-        return "header unreadable"
+        return "header unreadable", None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        return "header format"
+        return "header format", None
     if header.get("settings") != source.settings():
-        return "settings changed"
+        return "settings changed", None
     try:
         current = [fingerprint(Path(f["path"])) for f in header["sources"]]
     except (OSError, KeyError, TypeError):
-        return "source missing"
+        return "source missing", None
     if current != header["sources"]:
-        return "source changed"
+        return "source changed", None
     try:
         vocab = Vocab.load(folder / "vocab.json")
     except RnnlabError:
-        return "vocabulary unreadable"
+        return "vocabulary unreadable", None
     if vocab_hash(vocab) != header.get("vocab_sha256"):
-        return "vocabulary changed"
+        return "vocabulary changed", vocab
     if expected_vocab is not None and expected_vocab != header["vocab_sha256"]:
-        return "another vocabulary"
+        return "another vocabulary", vocab
     itemsize = np.dtype(header.get("dtype", "?")).itemsize if header.get("dtype") in (
         "<u2", "<u4") else 0
     for name, split in header.get("splits", {}).items():
         path = folder / f"{name}.bin"
         if not itemsize or not path.is_file() or path.stat().st_size != split["tokens"] * itemsize:
-            return f"{name}.bin size"
-    return None
+            return f"{name}.bin size", vocab
+    return None, vocab
 
 
-def _open(folder: Path, status: str) -> Prepared:
+def _open(folder: Path, status: str, vocab: Vocab | None = None) -> Prepared:
+    """Map ``folder``'s ids; ``vocab``: its vocabulary when the caller has already read it."""
     header = json.loads((folder / "header.json").read_text(encoding="utf-8"))
-    vocab = Vocab.load(folder / "vocab.json")
+    vocab = vocab if vocab is not None else Vocab.load(folder / "vocab.json")
     splits, unknown = {}, {}
     for name, split in header["splits"].items():
         splits[name] = _map(folder / f"{name}.bin", np.dtype(header["dtype"]), split["tokens"])

@@ -25,12 +25,12 @@ class Vocab:
     """
 
     def __init__(self, tokens: Sequence[str], *, level: str = "word", unk: str | None = UNK):
-        if len(set(tokens)) != len(tokens):
-            raise RnnlabError("vocabulary has duplicate tokens")
-        if unk is not None and unk not in tokens:
-            raise RnnlabError(f"vocabulary lacks its unknown token {unk!r}")
         self.itos = list(tokens)
         self.stoi = {t: i for i, t in enumerate(self.itos)}
+        if len(self.stoi) != len(self.itos):
+            raise RnnlabError("vocabulary has duplicate tokens")
+        if unk is not None and unk not in self.stoi:
+            raise RnnlabError(f"vocabulary lacks its unknown token {unk!r}")
         self.level = level
         self.unk = unk
 
