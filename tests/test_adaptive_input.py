@@ -15,6 +15,7 @@ from rnnlab.errors import RnnlabError
 from rnnlab.models.adaptive_input import AdaptiveEmbedding
 from rnnlab.models.language_model import RNNLanguageModel
 from rnnlab.models.regularization import embedding_dropout
+from rnnlab.training.warm_start import Source, warm_start
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -144,3 +145,13 @@ def test_a_model_with_adaptive_input_exports_to_onnx(tmp_path: Path) -> None:
         log_probs, *state = session.run(None, {"token": ids[:, t].numpy(), **feeds})
         np.testing.assert_allclose(log_probs, expected[:, t], atol=1e-4)
         feeds = dict(zip(feeds, state, strict=True))
+
+
+def test_starting_from_a_run_refuses_adaptive_tables_in_one_line(tmp_path: Path) -> None:
+    run = _saved_run(tmp_path / "run")
+    with pytest.raises(RnnlabError, match="has no word embeddings"):
+        Source.read(run)  # an adaptive run as the source
+    vocab = Vocab.load(run / "vocab.json")
+    plain = Source(run, "lstm", vocab, {"embedding.weight": torch.zeros(V, E)})
+    with pytest.raises(RnnlabError, match="needs a model with word embeddings"):
+        warm_start(_model(), vocab, plain)  # an adaptive model as the target
