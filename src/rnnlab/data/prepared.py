@@ -134,8 +134,8 @@ def _locked(folder: Path) -> Iterator[None]:
 
 def _check(folder: Path, source: Source, expected_vocab: str | None,
            ) -> tuple[str | None, Vocab | None]:
-    """Why ``folder`` cannot be used as it is (``None`` when it matches ``source``), and the
-    vocabulary it holds if that could be read."""
+    """Why ``folder`` cannot be used as it is, or ``None`` and the vocabulary it holds (read
+    for the check, so that opening the folder need not read it again)."""
     try:
         header = json.loads((folder / "header.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -157,15 +157,15 @@ def _check(folder: Path, source: Source, expected_vocab: str | None,
     except RnnlabError:
         return "vocabulary unreadable", None
     if vocab_hash(vocab) != header.get("vocab_sha256"):
-        return "vocabulary changed", vocab
+        return "vocabulary changed", None
     if expected_vocab is not None and expected_vocab != header["vocab_sha256"]:
-        return "another vocabulary", vocab
+        return "another vocabulary", None
     itemsize = np.dtype(header.get("dtype", "?")).itemsize if header.get("dtype") in (
         "<u2", "<u4") else 0
     for name, split in header.get("splits", {}).items():
         path = folder / f"{name}.bin"
         if not itemsize or not path.is_file() or path.stat().st_size != split["tokens"] * itemsize:
-            return f"{name}.bin size", vocab
+            return f"{name}.bin size", None
     return None, vocab
 
 
