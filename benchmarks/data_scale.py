@@ -5,16 +5,20 @@ and a character-level one (a Zipfian alphabet, lines of ~80 characters) are writ
 ``--work-dir`` (default: a temporary folder, removed afterwards). Each measurement runs in a
 fresh child process so that its peak RSS (``getrusage``) is its own:
 
-* ``prepare``: first-time preparation (``rnnlab.data.prepared``): wall, tokens/s, peak RSS;
-* ``cached_start`` (word corpora, word-small): process start to the end of the first training
-  step, with the prepared corpus already on disk (a second run);
+* ``prepare``: first-time preparation (``rnnlab.data.prepared``): wall, tokens/s, peak RSS
+  (this process's, and the largest of its tokenising workers');
+* ``cached_start`` (word corpora, word-small), with the prepared corpus already on disk (a second
+  run): ``ready_s``, process start to the first training step (corpus mapped, model and
+  optimiser built), and ``first_step_s``, to the end of that step: the median of ``--repeats``
+  runs, beside ``torch_start_s``, what any PyTorch training process pays before it reads data
+  (process start to ``import torch`` and a first ``torch.optim.AdamW``);
 * ``train``: peak RSS of a short training run on the mapped corpus (word-small, or char-rnn at
   character level); it must not grow with the corpus.
 
 Over more than 65,536 word types the word-small children use an adaptive input and output.
 
 Usage: python benchmarks/data_scale.py [--sizes 10M,100M[,1B]] [--types N] [--levels word,char]
-       [--work-dir DIR] [--steps N]
+       [--work-dir DIR] [--steps N] [--repeats N]
 Prints one JSON object.
 """
 
@@ -24,6 +28,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,11 +46,12 @@ BLOCK = 5_000_000  # tokens generated per write: bounded memory at every size
 # (Grave et al., 2017; Baevski & Auli, 2019), as large-vocabulary recipes make them: a full
 # softmax over 250k words would need 20 x 35 x 250k logits and their gradients, 1.4 GB, at every
 # step, and a full 250k x 200 table is 50M parameters, most of them for words seen a few times.
+# A third band from rank 100,000 keeps a rare word's step from computing all 230k tail logits.
 CONFIG = """
 import rnnlab
 def config(text, level, root, steps=1):
     adaptive = {"model.output": "adaptive", "model.input": "adaptive",
-                "model.cutoffs": [2000, 20000], "model.tie_weights": False,
+                "model.cutoffs": [2000, 20000, 100000], "model.tie_weights": False,
                 } if level == "word" and LARGE_VOCAB else {}
     return rnnlab.resolve_config(
         preset="word-small" if level == "word" else "char-rnn", overrides={
@@ -66,7 +72,9 @@ tokens = sum(ids.numel() for ids in prepared.splits.values())
 print(json.dumps({"status": prepared.status, "wall_s": round(wall, 2), "tokens": tokens,
                   "tokens_per_s": round(tokens / wall), "vocab": len(prepared.vocab),
                   "dtype": str(prepared.splits["train"].dtype),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+                  "worker_peak_rss_mb": resource.getrusage(
+                      resource.RUSAGE_CHILDREN).ru_maxrss // 1024}))
 """
 
 TRAIN = """
@@ -77,16 +85,29 @@ from rnnlab.training.trainer import Callback
 text, level, root, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 
 class Stop(Callback):
+    def on_train_start(self, trainer):
+        self.ready = time.time() - launched
+
     def on_step(self, trainer, loss):
         if trainer.step == 1:
             self.first = time.time() - launched
         if trainer.step >= steps:
-            print(json.dumps({"first_step_s": round(self.first, 2), "steps": trainer.step,
+            print(json.dumps({"ready_s": round(self.ready, 2), "first_step_s": round(self.first, 2),
+                              "steps": trainer.step,
                               "peak_rss_mb": resource.getrusage(
                                   resource.RUSAGE_SELF).ru_maxrss // 1024}), flush=True)
             os._exit(0)
 
 rnnlab.train(config(text, level, root, steps), os.path.join(root, "run"), callbacks=[Stop()])
+"""
+
+# The floor under every cached start: the optimiser's first method call imports torch._dynamo.
+TORCH_START = """
+import json, sys, time
+launched = float(sys.argv[1])
+import torch
+torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
+print(json.dumps({"torch_start_s": round(time.time() - launched, 2)}))
 """
 
 
@@ -144,6 +165,13 @@ def child(code: str, *args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def medians(runs: list[dict], keys: tuple[str, ...]) -> dict:
+    """The median of each key over ``runs``, and every run's values: start times vary by a
+    second from one run to the next on a shared machine."""
+    return {**{key: statistics.median(run[key] for run in runs) for key in keys},
+            "runs": [{key: run[key] for key in keys} for run in runs]}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10M,100M", help="comma-separated, e.g. 10M,100M,1B")
@@ -151,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=5, help="training steps for the RSS")
     parser.add_argument("--work-dir", help="keep the corpora here (default: a temporary folder)")
     parser.add_argument("--levels", default="word,char", help="word, char or both")
+    parser.add_argument("--repeats", type=int, default=5, help="cached starts (median)")
     args = parser.parse_args(argv)
     large = args.types > ADAPTIVE_ABOVE
     prepare_code, train_code = (f"LARGE_VOCAB = {large}\n{code}" for code in (PREPARE, TRAIN))
@@ -175,8 +204,11 @@ def main(argv: list[str] | None = None) -> None:
                          "generate_s": round(time.perf_counter() - start, 1),
                          "prepare": child(prepare_code, str(path), level, root)}
                 if level == "word":
-                    entry["cached_start"] = child(train_code, str(path), level, root, "1",
-                                                  repr(time.time()))
+                    entry["cached_start"] = medians(
+                        [{**child(TORCH_START, repr(time.time())),  # beside it: the same noise
+                          **child(train_code, str(path), level, root, "1", repr(time.time()))}
+                         for _ in range(args.repeats)],
+                        ("torch_start_s", "ready_s", "first_step_s"))
                 entry["train"] = child(train_code, str(path), level, root, str(args.steps),
                                        repr(time.time()))
                 row[level] = entry

@@ -12,8 +12,9 @@ catch ordinary edits and the two hashes catch a same-size rewrite with its time 
 header, vocabulary or array that does not match is rebuilt, never used. Processes preparing the
 same corpus take an ``fcntl`` lock: one prepares, the others wait and then map its files.
 
-Preparation reads the text once (``rnnlab.data.stream_tokenize``) into provisional ids, counts
-the training part to build the vocabulary by the same rules as ``Vocab.build``, then remaps.
+Preparation reads the text once (``rnnlab.data.stream_tokenize``; a large file on all cores, see
+``rnnlab.fast.parallel_tokenize``) into provisional ids, counts the training part to build the
+vocabulary by the same rules as ``Vocab.build``, then remaps.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rnnlab import fast
 from rnnlab.atomic import atomic_open, atomic_write_text
 from rnnlab.data.stream_tokenize import CHUNK_BYTES, StreamTokenizer
 from rnnlab.data.text import LINE_SNAP, _cuts
@@ -197,9 +199,14 @@ def _build(folder: Path, source: Source, vocab: Vocab | None, chunk_bytes: int) 
         ends, position = {}, 0
         with os.fdopen(fd, "wb") as out:
             for name, path in source.files.items():
-                for ids in tokenizer.file_ids(path, chunk_bytes, source.encoding):
-                    out.write(ids.astype("<u4").tobytes())
-                    position += ids.size
+                parts = fast.parts_for(path, source.encoding) if fast.enabled() else 1
+                if parts > 1:  # fast path: the same ids, the file cut across cores
+                    position += fast.write_file_ids_in_parts(
+                        tokenizer, path, out, parts, source.encoding, chunk_bytes, folder)
+                else:
+                    for ids in tokenizer.file_ids(path, chunk_bytes, source.encoding):
+                        out.write(ids.astype("<u4").tobytes())
+                        position += ids.size
                 ends[name] = position
         provisional = _FileIds(tmp, position)
         ranges = _ranges(provisional, ends, source, tokenizer)

@@ -15,6 +15,8 @@ reading the text again.
 from __future__ import annotations
 
 import codecs
+import json
+import sys
 from collections.abc import Iterable, Iterator
 from itertools import repeat
 from pathlib import Path
@@ -64,12 +66,14 @@ class TypeTable:
         return table[inverse.reshape(-1)]
 
 
-def read_pieces(path: str | Path, chunk_bytes: int = CHUNK_BYTES,
-                encoding: str = "utf-8") -> Iterator[str]:
+def read_pieces(path: str | Path, chunk_bytes: int = CHUNK_BYTES, encoding: str = "utf-8",
+                span: tuple[int, int] | None = None) -> Iterator[str]:
     """Consecutive pieces of the file's text; joined, they equal ``read_text(path)``.
 
     Raises the same one-line errors as ``read_text`` (missing, directory, NUL bytes, invalid
     UTF-8 with the byte offset, empty or only whitespace), the last one after the whole file.
+    ``span``: only the bytes from ``start`` to ``stop``, a part that :func:`line_spans` cut at
+    line starts; whether the whole file was empty is then for the caller to say.
     """
     path = Path(path)
     try:
@@ -79,10 +83,12 @@ def read_pieces(path: str | Path, chunk_bytes: int = CHUNK_BYTES,
     except IsADirectoryError:
         raise RnnlabError(f"{path} is a directory, not a text file") from None
     decoder = codecs.getincrementaldecoder(encoding)("strict")
-    offset, started, held, seen_text = 0, False, "", False
+    offset, stop = span or (0, None)
+    started, held, seen_text = offset > 0, "", False  # a byte-order mark opens only a file
     with handle:
+        handle.seek(offset)
         while True:
-            raw = handle.read(chunk_bytes)
+            raw = handle.read(chunk_bytes if stop is None else min(chunk_bytes, stop - offset))
             final = not raw
             if b"\x00" in raw:
                 raise RnnlabError(f"{path} looks binary (it contains NUL bytes), not text")
@@ -106,8 +112,29 @@ def read_pieces(path: str | Path, chunk_bytes: int = CHUNK_BYTES,
                 yield text
             if final:
                 break
-    if not seen_text:
+    if not seen_text and span is None:
         raise RnnlabError(f"{path} is empty or only whitespace")
+
+
+def line_spans(path: str | Path, parts: int) -> list[tuple[int, int]]:
+    """(start, stop) byte ranges covering the file in order, about equal, each after the first
+    starting just past a line feed. Only for encodings where that byte is always a line feed
+    (UTF-8, ASCII), so that every part decodes and tokenises on its own."""
+    size = Path(path).stat().st_size
+    cuts = [0]
+    with open(path, "rb") as handle:
+        for k in range(1, parts):
+            position = max(size * k // parts, cuts[-1])
+            handle.seek(position)
+            while block := handle.read(1 << 20):
+                found = block.find(b"\n")
+                if found >= 0:
+                    position += found + 1
+                    break
+                position += len(block)
+            cuts.append(position)
+    cuts.append(size)
+    return [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
 
 
 class StreamTokenizer:
@@ -121,11 +148,14 @@ class StreamTokenizer:
         self.level = level
         self.table = TypeTable([EOS, MARK] if level == "word" else [])
         self.eos_id = 0 if level == "word" else None
+        self.saw_text = False  # whether the last file (or span) read had text besides blanks
 
     def file_ids(self, path: str | Path, chunk_bytes: int = CHUNK_BYTES,
-                 encoding: str = "utf-8") -> Iterator[np.ndarray]:
-        """(n,) int64 provisional ids of the file's tokens, a chunk at a time, in order."""
-        pieces = read_pieces(path, chunk_bytes, encoding)
+                 encoding: str = "utf-8", span: tuple[int, int] | None = None,
+                 ) -> Iterator[np.ndarray]:
+        """(n,) int64 provisional ids of the file's tokens (or of ``span`` of its bytes, see
+        :func:`read_pieces`), a chunk at a time, in order."""
+        pieces = self._watched(read_pieces(path, chunk_bytes, encoding, span))
         if self.level == "char":
             for piece in pieces:
                 yield self.table.lookup_chars(piece)
@@ -142,6 +172,12 @@ class StreamTokenizer:
                 yield ids
         ids, _ = self._words(carry, True, after_word)  # the end of the file ends its last line
         yield ids
+
+    def _watched(self, pieces: Iterator[str]) -> Iterator[str]:
+        self.saw_text = False
+        for piece in pieces:
+            self.saw_text = self.saw_text or not piece.isspace()
+            yield piece
 
     def _words(self, text: str, ends_line: bool, after_word: bool) -> tuple[np.ndarray, bool]:
         """Ids of the words of ``text`` with ``<eos>`` after each line that had a word.
@@ -160,3 +196,37 @@ class StreamTokenizer:
         follows_word[1:] = ~mark[:-1]
         ids[mark] = 0
         return ids[~mark | follows_word], not bool(mark[-1])
+
+
+def tokenize_span(path: str, span: tuple[int, int], level: str, encoding: str,
+                  chunk_bytes: int, out_path: str) -> tuple[list[str], int, bool]:
+    """A part of a file tokenised on its own (in a worker process): its provisional ids, in
+    a table of its own, written to ``out_path`` as little-endian uint32. Returns that table's
+    types in id order, the number of ids and whether the part had text besides blanks."""
+    tokenizer = StreamTokenizer(level)
+    count = 0
+    with open(out_path, "wb") as out:
+        for ids in tokenizer.file_ids(path, chunk_bytes, encoding, span):
+            out.write(ids.astype("<u4").tobytes())
+            count += ids.size
+    return tokenizer.table.tokens(), count, tokenizer.saw_text
+
+
+def _worker(argv: list[str]) -> int:
+    """``python -m rnnlab.data.stream_tokenize PATH START STOP LEVEL ENCODING CHUNK OUT``:
+    :func:`tokenize_span`, its result as JSON on stdout; a user's error as one line on stderr,
+    status 2. A program of its own, so that no caller's main module is imported again."""
+    path, start, stop, level, encoding, chunk, out_path = argv
+    try:
+        types, count, saw_text = tokenize_span(path, (int(start), int(stop)), level, encoding,
+                                               int(chunk), out_path)
+    except RnnlabError as exc:  # UTF-8 whatever the locale: the caller reads it as such
+        sys.stderr.buffer.write(f"{exc}\n".encode("utf-8", "backslashreplace"))
+        return 2
+    result = {"types": types, "count": count, "saw_text": saw_text}
+    sys.stdout.buffer.write(json.dumps(result, ensure_ascii=False).encode("utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv[1:]))

@@ -11,6 +11,8 @@ evaluates and samples with the switch on and off and compares), only cheaper on 
   logits written into one buffer kept across windows.
 - ``TokenStepper`` (stepper.py): generation's one-token step from (in, out) weight copies.
 - ``clipped_step`` (optim.py): plain SGD takes gradient clipping as a scaled learning rate.
+- ``write_file_ids_in_parts`` (parallel_tokenize.py): a large text file tokenised on every core,
+  its parts' ids renumbered into the ids of one pass.
 - ``keep_freed_memory`` (memory.py): glibc keeps freed memory, so large per-step buffers are
   not page-faulted back in; process-wide, so only the command line turns it on.
 
@@ -60,6 +62,7 @@ def enabled_as(on: bool) -> Iterator[None]:
 # Imported below the switch, so that the modules may read it from here.
 from rnnlab.fast.memory import keep_freed_memory  # noqa: E402
 from rnnlab.fast.optim import clipped_step  # noqa: E402
+from rnnlab.fast.parallel_tokenize import parts_for, write_file_ids_in_parts  # noqa: E402
 from rnnlab.fast.softmax_loss import linear_cross_entropy, logits_buffer  # noqa: E402
 from rnnlab.fast.stack import run_stack  # noqa: E402
 from rnnlab.fast.stepper import TokenStepper  # noqa: E402
@@ -75,5 +78,6 @@ def set_up_training_process() -> None:
 
 __all__ = [
     "TokenStepper", "clipped_step", "enabled", "enabled_as", "env_allows", "keep_freed_memory",
-    "linear_cross_entropy", "logits_buffer", "run_stack", "set_enabled", "set_up_training_process",
+    "linear_cross_entropy", "logits_buffer", "parts_for", "run_stack", "set_enabled",
+    "set_up_training_process", "write_file_ids_in_parts",
 ]
