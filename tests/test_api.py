@@ -170,3 +170,12 @@ def test_save_refuses_an_existing_run_unless_told_to_overwrite(tmp_path: Path,
         LanguageModel.load(other, weights="last")
     (tmp_path / "empty").mkdir()
     assert lm.save(tmp_path / "empty") == tmp_path / "empty"  # an empty folder is no run
+
+
+def test_the_package_gives_every_public_name_and_refuses_others() -> None:
+    for name in rnnlab.__all__:
+        assert getattr(rnnlab, name) is not None
+        assert name in dir(rnnlab)
+    assert rnnlab.train is rnnlab.training.runner.train
+    with pytest.raises(AttributeError, match="no attribute 'trian'"):
+        rnnlab.trian  # noqa: B018

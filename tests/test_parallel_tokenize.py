@@ -67,12 +67,14 @@ def test_line_spans_cover_the_file_and_start_lines(tmp_path: Path) -> None:
     assert line_spans(tmp_path / "one.txt", 4) == [(0, 1300)]
 
 
-@pytest.mark.parametrize("tail", [b"ok \xff\xfe bad\n", b"ab\x00cd\n"])
-def test_a_later_part_reports_the_error_one_pass_reports(
-        tmp_path: Path, tail: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("bad", [b"ok \xff\xfe bad\n", b"ab\x00cd\n"])
+@pytest.mark.parametrize("where", ["first part", "last part"])
+def test_parts_report_the_error_one_pass_reports(
+        tmp_path: Path, bad: bytes, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONIOENCODING", "latin-1")
     path = tmp_path / "bäd ファイル.txt"  # the message names it, whatever the locale
-    path.write_bytes(TEXT.encode("utf-8").replace(b"no newline", b"end\n") + tail)
+    text = TEXT.encode("utf-8").replace(b"no newline", b"end\n")
+    path.write_bytes(bad + text if where == "first part" else text + bad)
     with pytest.raises(RnnlabError) as one_pass:
         _one_pass(path, "word", 1 << 20)
     with pytest.raises(RnnlabError) as parted:
@@ -116,6 +118,20 @@ def test_parts_are_one_per_core_and_never_small(tmp_path: Path,
     assert fast.parts_for(path, "utf-16") == 1  # a line-feed byte may be half a character
     monkeypatch.setattr(parallel_tokenize, "MIN_PART_BYTES", 10_000)
     assert fast.parts_for(path, "utf-8") == 1
+
+
+def test_a_worker_that_dies_is_reported_in_one_line(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "t.txt"
+    path.write_bytes(TEXT.encode("utf-8"))
+    # A worker killed by a signal, as the kernel's out-of-memory killer would kill it.
+    dying = tmp_path / "python"
+    dying.write_text("#!/bin/sh\nkill -9 $$\n")
+    dying.chmod(0o755)
+    monkeypatch.setattr(parallel_tokenize.sys, "executable", str(dying))
+    with pytest.raises(RnnlabError, match=r"tokenising worker failed \(status -9.*RNNLAB_FAST=0"):
+        _in_parts(path, "word", 1 << 20, 2, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.bin", "python", "t.txt"]
 
 
 def test_the_worker_program_does_not_import_torch() -> None:

@@ -32,7 +32,7 @@ _BLOCK = 1 << 24  # ids renumbered per read: bounded memory
 def parts_for(path: str | Path, encoding: str) -> int:
     """How many parts to cut ``path`` into: one per usable core, none under ``MIN_PART_BYTES``;
     1 for an encoding in which a line-feed byte may be part of another character."""
-    if codecs.lookup(encoding).name not in ("utf-8", "ascii"):
+    if codecs.lookup(encoding).name not in ("utf-8", "ascii") or not sys.executable:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(cores or 1, Path(path).stat().st_size // MIN_PART_BYTES))
@@ -87,9 +87,10 @@ def _result(process: subprocess.Popen) -> dict:
     stdout, stderr = process.communicate()
     if process.returncode == 2:  # the user's error (bad bytes in the file), already one line
         raise RnnlabError(stderr.decode("utf-8", "replace").strip())
-    if process.returncode != 0:
-        raise RuntimeError(f"tokenising worker failed ({process.returncode}):\n"
-                           f"{stderr.decode('utf-8', 'replace')[-2000:]}")
+    if process.returncode != 0:  # killed (out of memory?) or broken: say so in one line
+        last = (stderr.decode("utf-8", "replace").strip().splitlines() or ["no message"])[-1]
+        raise RnnlabError(f"a tokenising worker failed (status {process.returncode}: {last}); "
+                          "RNNLAB_FAST=0 tokenises in this process alone")
     return json.loads(stdout.decode("utf-8"))
 
 
