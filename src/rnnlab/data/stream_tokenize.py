@@ -10,6 +10,10 @@ characters are looked up once per distinct code point (``np.unique``).
 Ids are *provisional*: a type's id is its rank of first appearance, so that the final vocabulary
 (most frequent first, ties by first appearance) can be made from counts over any prefix without
 reading the text again.
+
+A file can also be read a byte range at a time (``span``, cut at line starts by
+``line_spans``); run as a program, this module tokenises one such range for
+``rnnlab.fast.parallel_tokenize``, which gives each core one.
 """
 
 from __future__ import annotations

@@ -58,7 +58,8 @@ def write_file_ids_in_parts(tokenizer: StreamTokenizer, path: str | Path, out: B
         saw_text = tokenizer.saw_text
         for process, name in workers:
             result = _result(process)
-            count += _renumber(name, result["count"], result["types"], tokenizer, out)
+            _renumber(name, result["count"], result["types"], tokenizer, out)
+            count += result["count"]
             saw_text = saw_text or result["saw_text"]
     finally:
         for process, name in workers:
@@ -95,12 +96,10 @@ def _result(process: subprocess.Popen) -> dict:
 
 
 def _renumber(name: str, size: int, types: list[str], tokenizer: StreamTokenizer,
-              out: BinaryIO) -> int:
-    """Append a worker's ids to ``out`` in the shared table's numbering (new types join it in
-    the worker's order of first appearance)."""
-    table = tokenizer.table.ids
-    shared = np.array([table.setdefault(t, len(table)) for t in types], dtype="<u4")
+              out: BinaryIO) -> None:
+    """Append a worker's ``size`` ids to ``out`` in the shared table's numbering (new types
+    join it in the worker's order of first appearance)."""
+    shared = tokenizer.table.lookup(types).astype("<u4")
     for start in range(0, size, _BLOCK):
         ids = np.fromfile(name, dtype="<u4", count=min(_BLOCK, size - start), offset=4 * start)
         out.write(shared[ids].tobytes())
-    return size
