@@ -204,9 +204,7 @@ def _build(folder: Path, source: Source, vocab: Vocab | None, chunk_bytes: int) 
                     position += fast.write_file_ids_in_parts(
                         tokenizer, path, out, parts, source.encoding, chunk_bytes, folder)
                 else:
-                    for ids in tokenizer.file_ids(path, chunk_bytes, source.encoding):
-                        out.write(ids.astype("<u4").tobytes())
-                        position += ids.size
+                    position += tokenizer.write_ids(path, out, chunk_bytes, source.encoding)
                 ends[name] = position
         provisional = _FileIds(tmp, position)
         ranges = _ranges(provisional, ends, source, tokenizer)

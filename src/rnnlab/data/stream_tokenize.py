@@ -24,6 +24,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from itertools import repeat
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -75,9 +76,9 @@ def read_pieces(path: str | Path, chunk_bytes: int = CHUNK_BYTES, encoding: str 
     """Consecutive pieces of the file's text; joined, they equal ``read_text(path)``.
 
     Raises the same one-line errors as ``read_text`` (missing, directory, NUL bytes, invalid
-    UTF-8 with the byte offset, empty or only whitespace), the last one after the whole file.
+    UTF-8 with the byte offset); whether the text is only blanks is the reader's to say.
     ``span``: only the bytes from ``start`` to ``stop``, a part that :func:`line_spans` cut at
-    line starts; whether the whole file was empty is then for the caller to say.
+    line starts.
     """
     path = Path(path)
     try:
@@ -88,7 +89,7 @@ def read_pieces(path: str | Path, chunk_bytes: int = CHUNK_BYTES, encoding: str 
         raise RnnlabError(f"{path} is a directory, not a text file") from None
     decoder = codecs.getincrementaldecoder(encoding)("strict")
     offset, stop = span or (0, None)
-    started, held, seen_text = offset > 0, "", False  # a byte-order mark opens only a file
+    started, held = offset > 0, ""  # a byte-order mark opens only a file
     with handle:
         handle.seek(offset)
         while True:
@@ -112,12 +113,9 @@ def read_pieces(path: str | Path, chunk_bytes: int = CHUNK_BYTES, encoding: str 
                 text, held = text[:-1], "\r"
             text = text.replace("\r\n", "\n").replace("\r", "\n")
             if text:
-                seen_text = seen_text or not text.isspace()
                 yield text
             if final:
                 break
-    if not seen_text and span is None:
-        raise RnnlabError(f"{path} is empty or only whitespace")
 
 
 def line_spans(path: str | Path, parts: int) -> list[tuple[int, int]]:
@@ -158,8 +156,22 @@ class StreamTokenizer:
                  encoding: str = "utf-8", span: tuple[int, int] | None = None,
                  ) -> Iterator[np.ndarray]:
         """(n,) int64 provisional ids of the file's tokens (or of ``span`` of its bytes, see
-        :func:`read_pieces`), a chunk at a time, in order."""
-        pieces = self._watched(read_pieces(path, chunk_bytes, encoding, span))
+        :func:`read_pieces`), a chunk at a time, in order. A whole file of blanks is refused
+        after it was read, as ``read_text`` refuses it."""
+        yield from self._ids(self._watched(read_pieces(path, chunk_bytes, encoding, span)))
+        if span is None and not self.saw_text:
+            raise RnnlabError(f"{Path(path)} is empty or only whitespace")
+
+    def write_ids(self, path: str | Path, out: BinaryIO, chunk_bytes: int = CHUNK_BYTES,
+                  encoding: str = "utf-8", span: tuple[int, int] | None = None) -> int:
+        """Write :meth:`file_ids` to ``out`` as little-endian uint32; returns how many."""
+        count = 0
+        for ids in self.file_ids(path, chunk_bytes, encoding, span):
+            out.write(ids.astype("<u4").tobytes())
+            count += ids.size
+        return count
+
+    def _ids(self, pieces: Iterator[str]) -> Iterator[np.ndarray]:
         if self.level == "char":
             for piece in pieces:
                 yield self.table.lookup_chars(piece)
@@ -208,11 +220,8 @@ def tokenize_span(path: str, span: tuple[int, int], level: str, encoding: str,
     a table of its own, written to ``out_path`` as little-endian uint32. Returns that table's
     types in id order, the number of ids and whether the part had text besides blanks."""
     tokenizer = StreamTokenizer(level)
-    count = 0
     with open(out_path, "wb") as out:
-        for ids in tokenizer.file_ids(path, chunk_bytes, encoding, span):
-            out.write(ids.astype("<u4").tobytes())
-            count += ids.size
+        count = tokenizer.write_ids(path, out, chunk_bytes, encoding, span)
     return tokenizer.table.tokens(), count, tokenizer.saw_text
 
 

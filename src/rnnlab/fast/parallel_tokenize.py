@@ -40,8 +40,7 @@ def parts_for(path: str | Path, encoding: str) -> int:
 
 def write_file_ids_in_parts(tokenizer: StreamTokenizer, path: str | Path, out: BinaryIO,
                             parts: int, encoding: str, chunk_bytes: int, work_dir: Path) -> int:
-    """Write the provisional ids of ``path`` to ``out`` as little-endian uint32, as writing
-    every array of ``tokenizer.file_ids(path)`` would; returns how many were written. The
+    """What ``tokenizer.write_ids(path, out)`` writes and returns, in ``parts`` processes. The
     workers' ids wait in ``work_dir`` until renumbered."""
     spans = line_spans(path, parts)
     workers: list[tuple[subprocess.Popen, str]] = []
@@ -51,10 +50,7 @@ def write_file_ids_in_parts(tokenizer: StreamTokenizer, path: str | Path, out: B
             os.close(fd)
             workers.append((_start_worker(path, start, stop, tokenizer.level, encoding,
                                           chunk_bytes, name), name))
-        count = 0
-        for ids in tokenizer.file_ids(path, chunk_bytes, encoding, spans[0]):
-            out.write(ids.astype("<u4").tobytes())
-            count += ids.size
+        count = tokenizer.write_ids(path, out, chunk_bytes, encoding, spans[0])
         saw_text = tokenizer.saw_text
         for process, name in workers:
             result = _result(process)
@@ -69,7 +65,6 @@ def write_file_ids_in_parts(tokenizer: StreamTokenizer, path: str | Path, out: B
             Path(name).unlink(missing_ok=True)
     if not saw_text:
         raise RnnlabError(f"{path} is empty or only whitespace")
-    tokenizer.saw_text = saw_text
     return count
 
 
